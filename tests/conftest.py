@@ -1,0 +1,10 @@
+"""Fixtures shared by every test: real servers on loopback, a real S3 server, tiny models."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from fixtures.grpc_server import free_port, running_server  # noqa: E402
+
+__all__ = ["free_port", "running_server"]
