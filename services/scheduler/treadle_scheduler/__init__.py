@@ -1,0 +1,1 @@
+"""Treadle scheduler: the public front door, sessions and multi-tenant clock cycles."""

@@ -1,0 +1,34 @@
+"""Errors raised by the SDK: every server error keeps its code, category and message."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Category = Literal["user", "server", "unknown"]
+
+
+class TreadleError(Exception):
+    """Base class of SDK errors."""
+
+
+class RequestFailedError(TreadleError):
+    """The service refused or failed a request.
+
+    `code` is the gRPC status name (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, ...), `category`
+    says whether retrying unchanged can help ("server") or not ("user"), and `field` names the
+    offending input when there is one.
+    """
+
+    def __init__(self, code: str, message: str, category: Category = "unknown", field: str = ""):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.category = category
+        self.field = field
+
+
+class ValidationError(TreadleError, ValueError):
+    """Bad input caught in the client before any request was sent."""
+
+
+APIError = RequestFailedError  # Tinker's name

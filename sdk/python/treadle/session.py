@@ -1,0 +1,246 @@
+"""The SDK's one connection to the scheduler: a Session stream run by a background thread.
+
+Calls from any thread put Submit messages on the stream and get a concurrent future back; the
+reader matches Results and Errors to futures by request id. A heartbeat goes out every few
+seconds from the background thread, so a training loop busy in its own code keeps its session.
+If the stream breaks, the connection reopens it with the same session id and re-sends every
+request still unanswered: training requests keep their (model_id, seq_id), which the scheduler
+treats as the same request, so a retry never runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from treadle import __version__
+from treadle.errors import RequestFailedError
+from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CATEGORIES = {1: "user", 2: "server"}
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def failure(detail: Any) -> RequestFailedError:
+    """A RequestFailedError from an ErrorDetail message."""
+    return RequestFailedError(
+        detail.code,
+        detail.message,
+        CATEGORIES.get(detail.category, "unknown"),
+        detail.field,  # type: ignore[arg-type]
+    )
+
+
+class Connection:
+    """A session with the scheduler and the thread that serves it."""
+
+    def __init__(
+        self,
+        target: str,
+        api_key: str,
+        *,
+        heartbeat_seconds: float = 5.0,
+        reconnect_attempts: int = 20,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.metadata = (("x-api-key", api_key),)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.reconnect_attempts = reconnect_attempts
+        self.session_id = ""
+        self._ids = itertools.count(1)
+        self._pending: dict[str, tuple[scheduler_pb2.Submit, concurrent.futures.Future[Any]]] = {}
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="treadle-session", daemon=True
+        )
+        self._thread.start()
+        self._outbox: asyncio.Queue[scheduler_pb2.ClientMessage] | None = None
+        self._closed = False
+        opened = self.run(self._start())
+        opened.result(timeout=connect_timeout)
+
+    # ------------------------------------------------------------------ public
+    def run(self, coroutine: Awaitable[T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the connection's loop."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+
+    def submit(
+        self, build: Callable[[str], scheduler_pb2.Submit]
+    ) -> concurrent.futures.Future[Any]:
+        """Send a Submit built for a fresh request id; the future gets its Result message."""
+        request_id = f"r{next(self._ids)}"
+        submit = build(request_id)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._pending[request_id] = (submit, future)
+        self._loop.call_soon_threadsafe(self._send, scheduler_pb2.ClientMessage(submit=submit))
+        return future
+
+    def unary(
+        self, method: str, request: Any, timeout: float | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Call a unary RPC of the Treadle service; errors become RequestFailedError."""
+
+        async def call() -> Any:
+            stub = scheduler_pb2_grpc.TreadleStub(self._channel)
+            try:
+                return await getattr(stub, method)(request, metadata=self.metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise RequestFailedError(
+                    exc.code().name, exc.details() or "", _category(exc.code())
+                ) from None
+
+        return self.run(call())
+
+    def stream(self, method: str, request: Any) -> concurrent.futures.Future[list[Any]]:
+        """Call a server-streaming RPC and gather its messages."""
+
+        async def call() -> list[Any]:
+            stub = scheduler_pb2_grpc.TreadleStub(self._channel)
+            try:
+                return [m async for m in getattr(stub, method)(request, metadata=self.metadata)]
+            except grpc.aio.AioRpcError as exc:
+                raise RequestFailedError(
+                    exc.code().name, exc.details() or "", _category(exc.code())
+                ) from None
+
+        return self.run(call())
+
+    def close(self) -> None:
+        """End the session stream and stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.run(self._stop()).result(timeout=10)
+        except Exception:  # already broken: nothing left to close cleanly
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ loop side
+    async def _start(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        opened = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run(opened))
+        await opened
+
+    async def _stop(self) -> None:
+        self._runner.cancel()
+        await asyncio.gather(self._runner, return_exceptions=True)
+        await self._channel.close()
+
+    def _send(self, message: scheduler_pb2.ClientMessage) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)
+
+    async def _run(self, opened: asyncio.Future[None]) -> None:
+        """Keep a session stream open, reconnecting on failure."""
+        failures = 0
+        while True:
+            try:
+                await self._serve_stream(opened)
+                return  # the server ended the session
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                if not opened.done():
+                    opened.set_exception(
+                        RequestFailedError(
+                            exc.code().name, exc.details() or "", _category(exc.code())
+                        )
+                    )
+                    return
+                if exc.code() not in RETRYABLE or failures > self.reconnect_attempts:
+                    self._fail_all(
+                        RequestFailedError(exc.code().name, exc.details() or "", "server")
+                    )
+                    return
+                log.warning("session stream lost; reconnecting", extra={"error": exc.details()})
+                await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+
+    async def _serve_stream(self, opened: asyncio.Future[None]) -> None:
+        stub = scheduler_pb2_grpc.TreadleStub(self._channel)
+        outbox: asyncio.Queue[scheduler_pb2.ClientMessage] = asyncio.Queue()
+        outbox.put_nowait(
+            scheduler_pb2.ClientMessage(
+                open=scheduler_pb2.OpenSession(
+                    session_id=self.session_id, client_version=f"treadle-python/{__version__}"
+                )
+            )
+        )
+        with self._lock:  # re-send what is unanswered (the scheduler de-duplicates)
+            for submit, _ in self._pending.values():
+                outbox.put_nowait(scheduler_pb2.ClientMessage(submit=submit))
+        self._outbox = outbox
+
+        async def requests() -> Any:
+            while True:
+                yield await outbox.get()
+
+        call = stub.Session(requests(), metadata=self.metadata)
+        heartbeat = asyncio.create_task(self._heartbeat(outbox))
+        try:
+            async for message in call:
+                kind = message.WhichOneof("kind")
+                if kind == "opened":
+                    self.session_id = message.opened.session_id
+                    if not opened.done():
+                        opened.set_result(None)
+                elif kind == "result":
+                    self._resolve(message.result.request_id, result=message.result)
+                elif kind == "error":
+                    if message.error.request_id:
+                        self._resolve(message.error.request_id, error=failure(message.error.error))
+                    else:
+                        self._fail_all(failure(message.error.error))
+                        return
+        finally:
+            heartbeat.cancel()
+            self._outbox = None
+
+    async def _heartbeat(self, outbox: asyncio.Queue[scheduler_pb2.ClientMessage]) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            outbox.put_nowait(scheduler_pb2.ClientMessage(heartbeat=scheduler_pb2.Heartbeat()))
+
+    def _resolve(
+        self, request_id: str, *, result: Any = None, error: Exception | None = None
+    ) -> None:
+        with self._lock:
+            entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return  # an answer to a request already answered (a re-sent retry)
+        future = entry[1]
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for _, future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+def _category(code: grpc.StatusCode) -> Any:
+    return "server" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL) else "user"

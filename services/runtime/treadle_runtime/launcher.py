@@ -1,0 +1,267 @@
+"""`treadle up`: the whole mesh as local processes (SeaweedFS, checkpoints, trainer, sampler,
+scheduler), each started once its dependencies answer health checks, and all stopped together.
+
+Every service runs as `python -m treadle_<service>` with its flags, logs to
+`<data_dir>/logs/<service>.log`, and dies with the launcher (PR_SET_PDEATHSIG), so an interrupted
+launcher leaves no orphans. `LocalMesh` is also what the demo and the end-to-end tests use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from treadle_runtime.seaweed import S3Server, start_s3_server
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class UpConfig:
+    """Run the whole Treadle mesh locally."""
+
+    base_model: str = field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "base model to serve"}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "address the scheduler listens on"})
+    port: int = field(default=8470, metadata={"help": "scheduler port (0 picks a free one)"})
+    data_dir: str = field(default=".treadle", metadata={"help": "state, object store and logs"})
+    api_key: str = field(default="", metadata={"help": "API key to accept (default: generated)"})
+    tenant: str = field(default="local", metadata={"help": "tenant of the API key"})
+    trainers: int = field(default=1, metadata={"help": "trainer processes"})
+    samplers: int = field(default=1, metadata={"help": "sampler processes"})
+    metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
+    startup_timeout: float = field(default=120.0, metadata={"help": "seconds to become healthy"})
+
+    def validate(self) -> None:
+        """Refuse values the mesh cannot start with."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: {self.port} is not in 0..65535")
+        if self.trainers < 1 or self.samplers < 1:
+            raise ValueError("trainers, samplers: at least one of each")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(
+    address: str, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until the gRPC health service at `address` is SERVING (RuntimeError otherwise)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"exited with status {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"not healthy at {address} after {timeout:.0f}s")
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: rely on the launcher's own shutdown
+        pass
+
+
+@dataclass
+class Service:
+    """One running service process."""
+
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int = 0
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of its log, for error messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class LocalMesh:
+    """The mesh as local processes: `with LocalMesh(config) as mesh: mesh.endpoint`."""
+
+    def __init__(self, config: UpConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir).resolve()
+        self.api_key = config.api_key or f"tml-{secrets.token_hex(16)}"
+        self.services: list[Service] = []
+        self.s3: S3Server | None = None
+        self.endpoint = ""
+
+    def __enter__(self) -> LocalMesh:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _spawn(
+        self,
+        name: str,
+        module: str,
+        flags: dict[str, object],
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> Service:
+        port = port or free_port()
+        metrics_port = free_port() if self.config.metrics else 0
+        args = {"host": host, "port": port, "metrics_port": metrics_port, **flags}
+        command = [sys.executable, "-m", module]
+        for key, value in args.items():
+            command += ["--" + key.replace("_", "-"), str(value)]
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{name}.log"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        service = Service(name, f"{host}:{port}", process, log_path, metrics_port)
+        self.services.append(service)
+        return service
+
+    def _await(self, services: list[Service], deadline: float) -> None:
+        for service in services:
+            try:
+                wait_healthy(
+                    service.address, max(1.0, deadline - time.monotonic()), service.process
+                )
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"{service.name} failed to start: {exc}\n--- {service.log_path} ---\n"
+                    f"{service.log_tail()}"
+                ) from None
+
+    def start(self) -> None:
+        """Start every part and wait until each is healthy."""
+        config = self.config
+        deadline = time.monotonic() + config.startup_timeout
+        self.s3 = start_s3_server(self.data_dir / "s3", timeout=config.startup_timeout)
+        checkpoints = self._spawn(
+            "checkpoints",
+            "treadle_checkpoints",
+            {
+                "s3_endpoint": self.s3.endpoint,
+                "s3_access_key": self.s3.access_key,
+                "s3_secret_key": self.s3.secret_key,
+            },
+        )
+        self._await([checkpoints], deadline)
+        workers = [
+            self._spawn(
+                f"trainer-{i}",
+                "treadle_trainer",
+                {"base_model": config.base_model, "checkpoints": checkpoints.address},
+            )
+            for i in range(config.trainers)
+        ] + [
+            self._spawn(
+                f"sampler-{i}",
+                "treadle_sampler",
+                {"base_model": config.base_model, "checkpoints": checkpoints.address},
+            )
+            for i in range(config.samplers)
+        ]
+        self._await(workers, deadline)
+        trainers = ",".join(s.address for s in workers if s.name.startswith("trainer"))
+        samplers = ",".join(s.address for s in workers if s.name.startswith("sampler"))
+        port = config.port or free_port()
+        keys_file = self.data_dir / "api_keys.json"
+        keys_file.write_text(f'{{"{self.api_key}": "{config.tenant}"}}\n')
+        keys_file.chmod(0o600)
+        scheduler = self._spawn(
+            "scheduler",
+            "treadle_scheduler",
+            {
+                "trainers": trainers,
+                "samplers": samplers,
+                "checkpoints": checkpoints.address,
+                "api_keys_file": keys_file,
+            },
+            host=config.host,
+            port=port,
+        )
+        self._await([scheduler], deadline)
+        self.endpoint = scheduler.address
+        self._wait_models_served(scheduler, deadline)
+
+    def _wait_models_served(self, scheduler: Service, deadline: float) -> None:
+        """Block until the scheduler has reached every trainer (capabilities list the model)."""
+        from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+        with grpc.insecure_channel(scheduler.address) as channel:
+            stub = scheduler_pb2_grpc.TreadleStub(channel)
+            while time.monotonic() < deadline:
+                caps = stub.GetCapabilities(
+                    scheduler_pb2.GetCapabilitiesRequest(),
+                    metadata=(("x-api-key", self.api_key),),
+                    timeout=5,
+                )
+                if any(m.name == self.config.base_model for m in caps.models):
+                    return
+                time.sleep(0.2)
+        raise RuntimeError(
+            f"scheduler did not reach a trainer for {self.config.base_model}\n"
+            f"{scheduler.log_tail()}"
+        )
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every process, newest first (SIGTERM, then SIGKILL after `grace` seconds)."""
+        for service in reversed(self.services):
+            if service.process.poll() is None:
+                service.process.terminate()
+        for service in reversed(self.services):
+            try:
+                service.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        self.services.clear()
+        if self.s3 is not None:
+            self.s3.stop()
+            self.s3 = None
+
+    def failed(self) -> Service | None:
+        """A service that has exited on its own, if any."""
+        return next((s for s in self.services if s.process.poll() is not None), None)

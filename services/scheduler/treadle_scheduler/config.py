@@ -1,0 +1,49 @@
+"""The scheduler's configuration: where its peers are, who may call it, and how cycles run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from treadle_runtime.server import ServerConfig
+
+
+@dataclass
+class SchedulerConfig(ServerConfig):
+    """Treadle scheduler: the public endpoint (auth, sessions, ordering, clock cycles)."""
+
+    trainers: str = field(default="", metadata={"help": "trainer addresses, comma-separated"})
+    samplers: str = field(default="", metadata={"help": "sampler addresses, comma-separated"})
+    checkpoints: str = field(default="", metadata={"help": "checkpoints service address"})
+    api_keys: str = field(default="", metadata={"help": "API keys as KEY=tenant,KEY2=tenant2"})
+    api_keys_file: str = field(default="", metadata={"help": "file of API keys (JSON or lines)"})
+    session_idle_seconds: float = field(
+        default=120.0, metadata={"help": "release a session silent for this long"}
+    )
+    hold_timeout_seconds: float = field(
+        default=60.0, metadata={"help": "fail a request whose predecessor seq_id never arrives"}
+    )
+    min_cycle_seconds: float = field(
+        default=0.0, metadata={"help": "minimum cycle period (0 = work-conserving)"}
+    )
+    cycle_token_budget: int = field(
+        default=65536, metadata={"help": "tokens of forward/backward work per cycle"}
+    )
+    max_batch_datums: int = field(default=1024, metadata={"help": "datums per request"})
+    max_request_tokens: int = field(default=262144, metadata={"help": "tokens per request"})
+    trainer_retry_seconds: float = field(
+        default=2.0, metadata={"help": "interval between reconnects to a lost trainer"}
+    )
+
+    def validate(self) -> None:
+        """Refuse configurations the scheduler cannot run with."""
+        super().validate()
+        if not self.trainers.strip():
+            raise ValueError("trainers: at least one trainer address is required")
+        if self.session_idle_seconds <= 0:
+            raise ValueError("session_idle_seconds: must be > 0")
+        if self.cycle_token_budget <= 0:
+            raise ValueError("cycle_token_budget: must be > 0")
+
+    def addresses(self, name: str) -> list[str]:
+        """The comma-separated addresses of config field `name` as a list."""
+        return [a.strip() for a in str(getattr(self, name)).split(",") if a.strip()]

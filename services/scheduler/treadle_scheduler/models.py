@@ -1,0 +1,117 @@
+"""Training models, the requests made of them, and strict seq_id ordering per model.
+
+Each training client numbers its requests 1, 2, 3, ...; `ModelRecord.admit` releases requests
+to the cycle queue strictly in that order, holds one whose predecessor has not arrived, and
+treats a repeated (model_id, seq_id) as the same request: an identical payload is answered with
+the original's result (executed once), a different payload is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+
+from treadle.v1 import common_pb2, trainer_pb2
+from treadle_runtime.errors import OpError
+
+if TYPE_CHECKING:
+    from treadle_scheduler.trainers import TrainerLink
+
+DONE_KEPT = 256  # finished requests remembered per model for idempotent retries
+
+
+@dataclass(eq=False)
+class Request:
+    """One training op on its way through a cycle."""
+
+    model_id: str
+    seq_id: int
+    op: trainer_pb2.PlannedOp
+    digest: bytes
+    tokens: int
+    outcome: asyncio.Future[trainer_pb2.OpResult]
+    enqueued_at: float = field(default_factory=time.monotonic)
+    cycle: int = 0
+
+
+def payload_digest(message: object) -> bytes:
+    """A digest of a request's payload, to tell a retry from a different request."""
+    data = message.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+    return hashlib.sha256(data).digest()
+
+
+@dataclass(eq=False)
+class ModelRecord:
+    """A training model: its owner, its adapter's placement, and its request order."""
+
+    model_id: str
+    tenant: str
+    session_id: str
+    base_model: str
+    lora_config: common_pb2.LoraConfig
+    trainer: TrainerLink
+    step: int = 0
+    next_seq: int = 1
+    lost: str = ""  # why the model's state is gone (trainer lost), empty while healthy
+    held: dict[int, Request] = field(default_factory=dict)
+    seen: OrderedDict[int, Request] = field(default_factory=OrderedDict)
+
+    def admit(self, request: Request) -> tuple[Request, list[Request]]:
+        """Register `request`; returns (the request that answers it, requests now ready in order).
+
+        A retry returns the original request and nothing new to run.
+        """
+        original = self.seen.get(request.seq_id) or self.held.get(request.seq_id)
+        if original is not None:
+            if original.digest != request.digest:
+                raise OpError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"seq_id: {request.seq_id} was already used for a different request "
+                    f"on model {self.model_id}",
+                    "seq_id",
+                )
+            return original, []
+        if request.seq_id < self.next_seq:
+            raise OpError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"seq_id: {request.seq_id} ran long ago and its result is no longer kept",
+                "seq_id",
+            )
+        self.held[request.seq_id] = request
+        ready: list[Request] = []
+        while self.next_seq in self.held:
+            released = self.held.pop(self.next_seq)
+            self._remember(released)
+            ready.append(released)
+            self.next_seq += 1
+        return request, ready
+
+    def _remember(self, request: Request) -> None:
+        self.seen[request.seq_id] = request
+        while len(self.seen) > DONE_KEPT:
+            self.seen.popitem(last=False)
+
+    def expire_held(self, older_than: float) -> list[Request]:
+        """Remove and return held requests waiting since before `older_than` (monotonic)."""
+        stale = [r for r in self.held.values() if r.enqueued_at < older_than]
+        for request in stale:
+            del self.held[request.seq_id]
+        return stale
+
+
+def datum_tokens(datum: common_pb2.Datum) -> int:
+    """Number of input tokens of a datum."""
+    return sum(len(chunk.encoded_text.tokens) for chunk in datum.model_input.chunks)
+
+
+def op_tokens(op: trainer_pb2.PlannedOp) -> int:
+    """Tokens of forward/backward work an op costs (others cost nothing)."""
+    if op.WhichOneof("op") != "forward_backward":
+        return 0
+    return sum(datum_tokens(d) for d in op.forward_backward.data)
