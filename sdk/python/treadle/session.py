@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 import grpc
 
 from treadle import __version__
-from treadle.errors import RequestFailedError
+from treadle.errors import Category, RequestFailedError
 from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CATEGORIES = {1: "user", 2: "server"}
+CATEGORIES: dict[int, Category] = {1: "user", 2: "server"}
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -144,7 +144,7 @@ class Connection:
     async def _stop(self) -> None:
         self._runner.cancel()
         await asyncio.gather(self._runner, return_exceptions=True)
-        await self._channel.close()
+        await self._channel.close(None)
 
     def _send(self, message: scheduler_pb2.ClientMessage) -> None:
         if self._outbox is not None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from treadle.v1 import common_pb2
 
-_TO_NUMPY = {
+_TO_NUMPY: dict[int, np.dtype] = {
     common_pb2.DTYPE_INT64: np.dtype("<i8"),
     common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
 }

@@ -78,7 +78,7 @@ async def serve(
     """
     server = grpc.aio.server(interceptors=list(interceptors), options=server_options(config))
     names = list(await setup(server))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if config.metrics_port:
