@@ -8,6 +8,7 @@ permission errors are the user's, everything else the server's.
 from __future__ import annotations
 
 import grpc
+
 from treadle.v1 import common_pb2
 
 USER_CODES = {

@@ -1,0 +1,21 @@
+"""Entry point: `treadle-checkpoints` (or `python -m treadle_checkpoints`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from treadle_checkpoints.app import CheckpointsApp
+from treadle_checkpoints.config import CheckpointsConfig
+from treadle_runtime.config import load_config_or_exit
+from treadle_runtime.server import run_server
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the checkpoints service until SIGTERM/SIGINT."""
+    config = load_config_or_exit(CheckpointsConfig, service="checkpoints", argv=argv)
+    app = CheckpointsApp(config)
+    run_server(config, "checkpoints", app.setup, on_shutdown=app.close)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The client trainer, sampler and scheduler use to store and fetch checkpoints.
+
+Files travel as chunk streams (`chunk_bytes` per message), so a checkpoint of any size passes
+the gRPC message limit. The channel is opened lazily inside the running event loop (grpc.aio
+channels belong to one loop; a client first used on another loop opens a fresh one). A failed
+call raises OpError with the service's status code and message unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
+from treadle_runtime.errors import OpError
+from treadle_runtime.server import MAX_MESSAGE_BYTES
+
+
+class CheckpointClient:
+    """Put and Get checkpoints on the Checkpoints service at `address` ("host:port")."""
+
+    def __init__(self, address: str, *, chunk_bytes: int = 1 << 20) -> None:
+        if chunk_bytes <= 0:
+            raise ValueError(f"chunk_bytes: must be > 0, got {chunk_bytes}")
+        self.address = address
+        self.chunk_bytes = chunk_bytes
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: checkpoints_pb2_grpc.CheckpointsStub | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _checkpoints(self) -> checkpoints_pb2_grpc.CheckpointsStub:
+        loop = asyncio.get_running_loop()
+        if self._stub is None or self._loop is not loop:
+            self._channel = grpc.aio.insecure_channel(
+                self.address,
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+            self._stub = checkpoints_pb2_grpc.CheckpointsStub(self._channel)
+            self._loop = loop
+        return self._stub
+
+    async def put(
+        self,
+        tenant: str,
+        info: common_pb2.CheckpointInfo,
+        files: dict[str, bytes],
+        *,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+    ) -> common_pb2.CheckpointInfo:
+        """Store `files` as the checkpoint `info.path` of `tenant`; returns its stored metadata."""
+        header = checkpoints_pb2.PutHeader(tenant=tenant, overwrite=overwrite)
+        header.info.CopyFrom(info)
+        if ttl_seconds is not None:
+            header.ttl_seconds = ttl_seconds
+
+        async def requests() -> AsyncIterator[checkpoints_pb2.PutRequest]:
+            yield checkpoints_pb2.PutRequest(header=header)
+            for name, data in files.items():
+                view = memoryview(data)
+                start = 0
+                while True:
+                    piece = view[start : start + self.chunk_bytes]
+                    start += len(piece)
+                    last = start >= len(view)
+                    chunk = checkpoints_pb2.FileChunk(file_name=name, data=bytes(piece), last=last)
+                    yield checkpoints_pb2.PutRequest(chunk=chunk)
+                    if last:
+                        break
+
+        try:
+            reply: common_pb2.CheckpointInfo = await self._checkpoints().Put(requests())
+        except grpc.aio.AioRpcError as exc:
+            raise _op_error(exc) from None
+        return reply
+
+    async def get(
+        self, tenant: str, path: str
+    ) -> tuple[common_pb2.CheckpointInfo, dict[str, bytes]]:
+        """The checkpoint at `path` of `tenant`: its metadata and its files (sha256-verified)."""
+        request = checkpoints_pb2.GetCheckpointRequest(tenant=tenant, path=path)
+        info: common_pb2.CheckpointInfo | None = None
+        parts: dict[str, list[bytes]] = {}
+        complete: set[str] = set()
+        try:
+            async for response in self._checkpoints().Get(request):
+                if response.HasField("info"):
+                    info = response.info
+                    continue
+                chunk = response.chunk
+                parts.setdefault(chunk.file_name, []).append(chunk.data)
+                if chunk.last:
+                    complete.add(chunk.file_name)
+        except grpc.aio.AioRpcError as exc:
+            raise _op_error(exc) from None
+        unfinished = set(parts) - complete
+        if info is None or unfinished:
+            raise OpError(
+                grpc.StatusCode.DATA_LOSS,
+                f"checkpoint {path} arrived incomplete (unfinished: {sorted(unfinished)})",
+            )
+        return info, {name: b"".join(pieces) for name, pieces in parts.items()}
+
+    async def close(self) -> None:
+        """Close the channel (the client opens a new one if used again)."""
+        channel, self._channel, self._stub, self._loop = self._channel, None, None, None
+        if channel is not None:
+            await channel.close(grace=None)
+
+
+def _op_error(exc: grpc.aio.AioRpcError) -> OpError:
+    return OpError(exc.code(), exc.details() or exc.code().name)

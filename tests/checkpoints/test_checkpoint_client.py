@@ -1,0 +1,76 @@
+"""CheckpointClient, as trainer and sampler use it, against the real service."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+
+import grpc
+import pytest
+from minio import Minio
+
+from checkpoints.conftest import BUCKET, Served
+from treadle.paths import parse_path
+from treadle.v1 import common_pb2
+from treadle_checkpoints.layout import checkpoint_prefix
+from treadle_runtime.checkpoint_client import CheckpointClient
+from treadle_runtime.errors import OpError
+
+FILES = {"adapter_model.safetensors": os.urandom(3_000_000), "adapter_config.json": b"{}"}
+
+
+def test_put_and_get_round_trip_in_small_chunks(served: Served, tenant: str) -> None:
+    client = CheckpointClient(served.address, chunk_bytes=256 * 1024)
+    info = common_pb2.CheckpointInfo(path="treadle://run-c/weights/step-3", step=3)
+
+    async def save() -> common_pb2.CheckpointInfo:
+        return await client.put(tenant, info, FILES, ttl_seconds=3600)
+
+    async def load() -> tuple[common_pb2.CheckpointInfo, dict[str, bytes]]:
+        try:
+            return await client.get(tenant, "treadle://run-c/weights/step-3")
+        finally:
+            await client.close()
+
+    stored = asyncio.run(save())
+    loaded, files = asyncio.run(load())  # a second event loop: the client reconnects
+    assert files == FILES
+    assert loaded == stored and stored.step == 3 and stored.HasField("expires_at")
+
+
+def test_errors_keep_the_service_code_and_message(served: Served, tenant: str, s3: Minio) -> None:
+    client = CheckpointClient(served.address)
+    path = "treadle://run-e/weights/x"
+
+    async def scenario() -> list[OpError]:
+        caught = []
+        await client.put(tenant, common_pb2.CheckpointInfo(path=path), {"w": b"1234"})
+        for call in (
+            client.get(tenant, "treadle://run-e/weights/missing"),
+            client.put(tenant, common_pb2.CheckpointInfo(path=path), {"w": b"again"}),
+            client.put(tenant, common_pb2.CheckpointInfo(path="bad"), {"w": b""}),
+        ):
+            with pytest.raises(OpError) as error:
+                await call
+            caught.append(error.value)
+        key = next(
+            o.object_name
+            for o in s3.list_objects(
+                BUCKET, prefix=checkpoint_prefix(tenant, parse_path(path)), recursive=True
+            )
+            if o.object_name.endswith("/w")
+        )
+        s3.put_object(BUCKET, key, io.BytesIO(b"4321"), 4)
+        with pytest.raises(OpError) as error:
+            await client.get(tenant, path)
+        caught.append(error.value)
+        await client.close()
+        return caught
+
+    missing, exists, malformed, corrupt = asyncio.run(scenario())
+    assert missing.code == grpc.StatusCode.NOT_FOUND and "missing" in missing.message
+    assert exists.code == grpc.StatusCode.ALREADY_EXISTS
+    assert malformed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert malformed.message.startswith("info.path")
+    assert corrupt.code == grpc.StatusCode.DATA_LOSS and "/w" in corrupt.message
