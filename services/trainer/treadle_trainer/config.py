@@ -1,0 +1,56 @@
+"""Trainer configuration: the base model served, the device, and where checkpoints go.
+
+Every field is a `--flag` and a `TREADLE_TRAINER_*` variable (treadle_runtime.config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from treadle_runtime.server import ServerConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class TrainerConfig(ServerConfig):
+    """Treadle trainer: one frozen base model, many tenants' LoRA adapters, trained in waves."""
+
+    base_model: str = field(
+        default="treadle/tiny-llama", metadata={"help": "base model served (name or HF folder)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu or cuda"})
+    dtype: str = field(
+        default="auto", metadata={"help": "base weights: auto (bf16 on cuda, fp32 on cpu)"}
+    )
+    max_seq_len: int = field(
+        default=0, metadata={"help": "longest datum in tokens (0 = the model's limit)"}
+    )
+    max_pass_tokens: int = field(
+        default=8192, metadata={"help": "padded tokens per batched pass; larger waves split"}
+    )
+    checkpoints: str = field(
+        default="", metadata={"help": "Checkpoints service host:port (empty = saves fail)"}
+    )
+    state_ttl_seconds: int = field(
+        default=0, metadata={"help": "TTL of a state checkpoint saved without one (0 = keep)"}
+    )
+    sampler_ttl_seconds: int = field(
+        default=0, metadata={"help": "TTL of a sampler checkpoint saved without one (0 = keep)"}
+    )
+
+    def validate(self) -> None:
+        """Refuse values the trainer cannot run with."""
+        super().validate()
+        if self.device not in DEVICES:
+            raise ValueError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.max_seq_len < 0:
+            raise ValueError(f"max_seq_len: must be >= 0, got {self.max_seq_len}")
+        if self.max_pass_tokens <= 0:
+            raise ValueError(f"max_pass_tokens: must be > 0, got {self.max_pass_tokens}")
+        for name in ("state_ttl_seconds", "sampler_ttl_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")

@@ -1,0 +1,95 @@
+"""The `treadle.v1.Trainer` servicer: RunCycles (plans in, op results out) and GetTrainerInfo.
+
+A RunCycles stream handles its plans one at a time, in order; the cycle runner serialises plans
+across streams, so a trainer executes one cycle at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from treadle.v1 import trainer_pb2, trainer_pb2_grpc
+from treadle_trainer.config import TrainerConfig
+from treadle_trainer.cycle import CheckpointStore, CycleRunner
+from treadle_trainer.engine import TrainerEngine
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "treadle.v1.Trainer"
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    """Serves one CycleRunner."""
+
+    def __init__(self, runner: CycleRunner) -> None:
+        self.runner = runner
+
+    async def RunCycles(
+        self,
+        request_iterator: AsyncIterator[trainer_pb2.TrainerCommand],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[trainer_pb2.TrainerEvent]:
+        """Execute each plan as it arrives and stream its events."""
+        async for command in request_iterator:
+            if command.WhichOneof("command") != "plan":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "command: expected a plan")
+            log.debug("cycle", extra={"cycle": command.plan.cycle, "ops": len(command.plan.ops)})
+            async for event in self.runner.run(command.plan):
+                yield event
+
+    async def GetTrainerInfo(
+        self, request: trainer_pb2.GetTrainerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.TrainerInfo:
+        """The base model served, the adapters held and the device."""
+        return self.runner.info()
+
+
+def checkpoint_store(address: str) -> CheckpointStore | None:
+    """A client of the Checkpoints service at `address`, or None when none is configured."""
+    if not address:
+        return None
+    from treadle_runtime.checkpoint_client import CheckpointClient
+
+    return CheckpointClient(address)
+
+
+class TrainerApp:
+    """One trainer process: `setup` loads the base model and registers the servicer; `close`
+    stops the torch worker and the checkpoint client (the server's shutdown hook)."""
+
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+        self.runner: CycleRunner | None = None
+
+    async def setup(self, server: grpc.aio.Server) -> list[str]:
+        """Load the base model (off the event loop) and register the Trainer servicer."""
+        config = self.config
+        engine = await asyncio.to_thread(
+            TrainerEngine,
+            config.base_model,
+            device=config.device,
+            dtype=config.dtype,
+            max_seq_len=config.max_seq_len,
+            max_pass_tokens=config.max_pass_tokens,
+        )
+        self.runner = CycleRunner(
+            engine,
+            checkpoint_store(config.checkpoints),
+            state_ttl_seconds=config.state_ttl_seconds,
+            sampler_ttl_seconds=config.sampler_ttl_seconds,
+        )
+        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.runner), server)
+        log.info(
+            "trainer ready",
+            extra={"base_model": engine.spec.name, "device": str(engine.device)},
+        )
+        return [SERVICE_NAME]
+
+    async def close(self) -> None:
+        """Release the worker thread and the checkpoint channel."""
+        if self.runner is not None:
+            await self.runner.close()

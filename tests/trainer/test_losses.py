@@ -1,0 +1,182 @@
+"""Each loss's gradient, through a real trainer, against an independent per-token formula.
+
+The reference takes dL/dlp per token from the formulas (written here with numpy, as in the
+seed's executed checks) and backpropagates Σ stopgrad(dL/dlp)·lp through a plain PEFT model with
+the same seed; the trainer's accumulated adapter gradient must match it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import (
+    create,
+    datum,
+    engine_grads,
+    forward_backward,
+    output,
+    reference_grads,
+    reference_logprobs,
+    reference_model,
+    rel_err,
+    release,
+)
+
+rng = np.random.default_rng(1)
+SEQS = [rng.integers(0, 49152, n).tolist() for n in (12, 7)]
+SEED = 7
+_ids = itertools.count()
+
+
+def grad_importance_sampling(ratio, adv, lp, q, cfg):
+    return -ratio * adv
+
+
+def grad_ppo(ratio, adv, lp, q, cfg):
+    lo, hi = cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2)
+    unclipped, clipped = ratio * adv, np.clip(ratio, lo, hi) * adv
+    return np.where(unclipped <= clipped, -ratio * adv, 0.0)
+
+
+def grad_cispo(ratio, adv, lp, q, cfg):
+    lo, hi = cfg.get("clip_low_threshold", 0.0), cfg.get("clip_high_threshold", 4.0)
+    return -np.clip(ratio, lo, hi) * adv
+
+
+def grad_dro(ratio, adv, lp, q, cfg):
+    return -(adv - cfg["beta"] * (lp - q))
+
+
+FORMULAS = {
+    "importance_sampling": grad_importance_sampling,
+    "ppo": grad_ppo,
+    "cispo": grad_cispo,
+    "dro": grad_dro,
+}
+
+
+def _learner_logprobs(trainer, model_id: str) -> list[np.ndarray]:
+    """The trainer's own logprobs of SEQS (a forward op), to build on-/off-policy inputs."""
+    results = trainer.client.run_ok(
+        [forward_backward(model_id, [datum(s) for s in SEQS], forward_only=True)]
+    )
+    return output(results[f"{model_id}:fb"], "logprobs")
+
+
+def _train_once(trainer, loss_fn, q, adv, **config):
+    """A fresh adapter, one forward_backward with the loss; returns (result, grads)."""
+    model_id = f"{loss_fn}-{next(_ids)}"
+    trainer.client.run_ok([create(model_id, seed=SEED)])
+    data = [
+        datum(s, logprobs=q_i, advantages=a_i) for s, q_i, a_i in zip(SEQS, q, adv, strict=True)
+    ]
+    results = trainer.client.run_ok([forward_backward(model_id, data, loss_fn, **config)])
+    grads = engine_grads(trainer.engine, model_id)
+    trainer.client.run_ok([release(model_id)])
+    return results[f"{model_id}:fb"], grads
+
+
+def _reference(per_token_grad) -> dict[str, torch.Tensor]:
+    """Gradient of Σ g·lp on an independent model, g from `per_token_grad(lp_numpy, i)`."""
+    ref = reference_model(4, SEED)
+    surrogate = 0
+    for i, seq in enumerate(SEQS):
+        lp = reference_logprobs(ref, seq)
+        g = torch.as_tensor(per_token_grad(lp.detach().numpy().astype(np.float64), i))
+        surrogate = surrogate + (g.float() * lp).sum()
+    surrogate.backward()
+    return reference_grads(ref)
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "config"),
+    [
+        ("importance_sampling", {}),
+        ("ppo", {}),
+        ("ppo", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}),
+        ("cispo", {}),
+        ("cispo", {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}),
+        ("dro", {"beta": 0.5}),
+    ],
+)
+def test_rl_loss_gradient_matches_its_formula(trainer, loss_fn, config):
+    create_id = f"probe-{next(_ids)}"
+    trainer.client.run_ok([create(create_id, seed=SEED)])
+    lp = _learner_logprobs(trainer, create_id)
+    ratios = [np.exp(rng.uniform(-0.7, 0.7, len(x))).astype(np.float32) for x in lp]
+    q = [(x - np.log(r)).astype(np.float32) for x, r in zip(lp, ratios, strict=True)]
+    adv = [rng.normal(size=len(x)).astype(np.float32) for x in lp]
+    result, grads = _train_once(trainer, loss_fn, q, adv, **config)
+
+    def per_token(lp_ref, i):
+        ratio = np.exp(lp_ref - q[i])
+        return FORMULAS[loss_fn](ratio, adv[i], lp_ref, q[i], config)
+
+    assert rel_err(grads, _reference(per_token)) <= 1e-5
+    metrics = result.forward_backward.metrics
+    assert metrics["loss:sum"] == pytest.approx(
+        sum(float(e.sum()) for e in output(result, "elementwise_loss")), rel=1e-5
+    )
+    if loss_fn != "dro":
+        all_ratios = np.concatenate(ratios)
+        assert metrics["ratio:mean"] == pytest.approx(all_ratios.mean(), rel=1e-4)
+    if loss_fn == "cispo":
+        lo, hi = config.get("clip_low_threshold", 0.0), config.get("clip_high_threshold", 4.0)
+        outside = (all_ratios < lo) | (all_ratios > hi)
+        assert metrics["clip_fraction:mean"] == pytest.approx(outside.mean(), abs=1e-6)
+
+
+def _policy_case(trainer, log_ratio: float):
+    """q = learner lp − log_ratio (ratio r = e^log_ratio on every token), A = +1."""
+    model_id = f"probe-{next(_ids)}"
+    trainer.client.run_ok([create(model_id, seed=SEED)])
+    lp = _learner_logprobs(trainer, model_id)
+    q = [(x - np.float32(log_ratio)).astype(np.float32) for x in lp]
+    adv = [np.ones_like(x) for x in lp]
+    return q, adv
+
+
+def test_on_policy_is_ppo_and_cispo_all_give_the_reinforce_gradient(trainer):
+    q, adv = _policy_case(trainer, 0.0)
+    reinforce = _reference(lambda lp, i: -adv[i].astype(np.float64))
+    for loss_fn in ("importance_sampling", "ppo", "cispo"):
+        result, grads = _train_once(trainer, loss_fn, q, adv)
+        assert rel_err(grads, reinforce) <= 1e-5, loss_fn
+        assert result.forward_backward.metrics["ratio:mean"] == pytest.approx(1.0, abs=1e-6)
+        assert result.forward_backward.metrics["clip_fraction:mean"] == 0.0
+
+
+def test_ratio_two_with_positive_advantage_zeroes_ppo_and_doubles_is_and_cispo(trainer):
+    q, adv = _policy_case(trainer, float(np.log(2.0)))
+    ppo, ppo_grads = _train_once(trainer, "ppo", q, adv)
+    assert ppo_grads and all(not g.any() for g in ppo_grads.values())
+    assert ppo.forward_backward.metrics["clip_fraction:mean"] == 1.0
+    assert ppo.forward_backward.metrics["ratio:mean"] == pytest.approx(2.0, rel=1e-5)
+    doubled = _reference(lambda lp, i: -2.0 * adv[i].astype(np.float64))
+    for loss_fn in ("importance_sampling", "cispo"):
+        _, grads = _train_once(trainer, loss_fn, q, adv)
+        assert rel_err(grads, doubled) <= 1e-5, loss_fn
+
+
+def test_runaway_ratio_eight_is_capped_at_four_by_cispo_only(trainer):
+    q, adv = _policy_case(trainer, float(np.log(8.0)))
+    _, is_grads = _train_once(trainer, "importance_sampling", q, adv)
+    _, cispo_grads = _train_once(trainer, "cispo", q, adv)
+    assert rel_err(is_grads, _reference(lambda lp, i: -8.0 * adv[i])) <= 1e-5
+    assert rel_err(cispo_grads, _reference(lambda lp, i: -4.0 * adv[i])) <= 1e-5
+
+
+def test_cross_entropy_weights_mask_tokens(trainer):
+    model_id = f"ce-{next(_ids)}"
+    trainer.client.run_ok([create(model_id, seed=SEED)])
+    weights = [np.where(np.arange(len(s) - 1) >= 3, 1.0, 0.0).astype(np.float32) for s in SEQS]
+    data = [datum(s, weights=w) for s, w in zip(SEQS, weights, strict=True)]
+    results = trainer.client.run_ok([forward_backward(model_id, data)])
+    grads = engine_grads(trainer.engine, model_id)
+    assert rel_err(grads, _reference(lambda lp, i: -weights[i].astype(np.float64))) <= 1e-5
+    losses = output(results[f"{model_id}:fb"], "elementwise_loss")
+    assert all(not e[:3].any() and e[3:].all() for e in losses)
