@@ -68,8 +68,11 @@ class Connection:
         self._thread.start()
         self._outbox: asyncio.Queue[scheduler_pb2.ClientMessage] | None = None
         self._closed = False
-        opened = self.run(self._start())
-        opened.result(timeout=connect_timeout)
+        try:
+            self.run(self._start()).result(timeout=connect_timeout)
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ public
     def run(self, coroutine: Awaitable[T]) -> concurrent.futures.Future[T]:
@@ -145,6 +148,10 @@ class Connection:
         self._runner.cancel()
         await asyncio.gather(self._runner, return_exceptions=True)
         await self._channel.close(None)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def _send(self, message: scheduler_pb2.ClientMessage) -> None:
         if self._outbox is not None:
@@ -214,6 +221,7 @@ class Connection:
                         return
         finally:
             heartbeat.cancel()
+            call.cancel()
             self._outbox = None
 
     async def _heartbeat(self, outbox: asyncio.Queue[scheduler_pb2.ClientMessage]) -> None:

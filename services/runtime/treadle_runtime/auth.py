@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,16 @@ def key_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
 
 
 def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
+
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def abort_streaming(
+        request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - abort raises; this makes the function a generator
 
     kind = (handler.request_streaming, handler.response_streaming)
     make: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
@@ -97,7 +105,7 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     return make[kind](
-        abort,
+        abort_streaming if handler.response_streaming else abort,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -1,0 +1,1 @@
+"""Treadle sampler: sampling and prompt logprobs for many tenants' LoRA adapters."""

@@ -1,0 +1,31 @@
+"""SamplerConfig from flags and environment, and the values it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from treadle_runtime.config import ConfigError, load_config
+from treadle_sampler.config import SamplerConfig
+
+
+def test_flags_override_environment_override_defaults() -> None:
+    env = {"TREADLE_SAMPLER_MAX_ADAPTERS": "3", "TREADLE_SAMPLER_BASE_MODEL": "treadle/tiny-qwen2"}
+    config = load_config(SamplerConfig, ["--max-adapters", "5"], env, service="sampler")
+    assert (config.max_adapters, config.base_model) == (5, "treadle/tiny-qwen2")
+    assert (config.engine, config.checkpoints, config.max_num_samples) == ("torch", "", 64)
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--engine", "vllm"], "engine"),
+        (["--device", "tpu"], "device"),
+        (["--dtype", "int8"], "dtype"),
+        (["--max-adapters", "0"], "max_adapters"),
+        (["--max-num-samples", "0"], "max_num_samples"),
+        (["--max-batch-size", "-1"], "max_batch_size"),
+    ],
+)
+def test_unusable_values_are_refused_naming_the_field(argv: list[str], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        load_config(SamplerConfig, argv, {}, service="sampler")
