@@ -27,10 +27,10 @@ class CheckpointClient:
         self.address = address
         self.chunk_bytes = chunk_bytes
         self._channel: grpc.aio.Channel | None = None
-        self._stub: checkpoints_pb2_grpc.CheckpointsStub | None = None
+        self._stub: checkpoints_pb2_grpc.CheckpointsAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _checkpoints(self) -> checkpoints_pb2_grpc.CheckpointsStub:
+    def _checkpoints(self) -> checkpoints_pb2_grpc.CheckpointsAsyncStub:
         loop = asyncio.get_running_loop()
         if self._stub is None or self._loop is not loop:
             self._channel = grpc.aio.insecure_channel(
