@@ -11,6 +11,7 @@ from treadle_runtime.auth import ApiKeyInterceptor, ApiKeys, parse_api_keys
 from treadle_runtime.config import ConfigError, load_config_or_exit
 from treadle_runtime.server import run_server
 from treadle_scheduler.config import SchedulerConfig
+from treadle_scheduler.quotas import Limits, Quotas
 from treadle_scheduler.service import TreadleService
 
 SERVICE_NAME = "treadle.v1.Treadle"
@@ -20,9 +21,11 @@ def build(config: SchedulerConfig) -> tuple[TreadleService, ApiKeys]:
     """The servicer and its key table for `config` (ConfigError on unusable keys)."""
     try:
         keys = ApiKeys(parse_api_keys(config.api_keys, config.api_keys_file))
+        limits = Limits(config.quota_max_models, config.quota_max_queued_tokens)
+        quotas = Quotas.from_file(limits, config.quotas_file)
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    return TreadleService(config, keys), keys
+    return TreadleService(config, keys, quotas), keys
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -30,6 +30,13 @@ class SchedulerConfig(ServerConfig):
     )
     max_batch_datums: int = field(default=1024, metadata={"help": "datums per request"})
     max_request_tokens: int = field(default=262144, metadata={"help": "tokens per request"})
+    quota_max_models: int = field(
+        default=0, metadata={"help": "training models per tenant (0 = unlimited)"}
+    )
+    quota_max_queued_tokens: int = field(
+        default=0, metadata={"help": "tokens a tenant may have queued (0 = unlimited)"}
+    )
+    quotas_file: str = field(default="", metadata={"help": "per-tenant quota overrides (JSON)"})
     trainer_retry_seconds: float = field(
         default=2.0, metadata={"help": "interval between reconnects to a lost trainer"}
     )

@@ -36,6 +36,7 @@ class Request:
     digest: bytes
     tokens: int
     outcome: asyncio.Future[trainer_pb2.OpResult]
+    tenant: str = ""
     enqueued_at: float = field(default_factory=time.monotonic)
     cycle: int = 0
 
@@ -61,6 +62,10 @@ class ModelRecord:
     lost: str = ""  # why the model's state is gone (trainer lost), empty while healthy
     held: dict[int, Request] = field(default_factory=dict)
     seen: OrderedDict[int, Request] = field(default_factory=OrderedDict)
+
+    def is_known(self, seq_id: int) -> bool:
+        """Whether `seq_id` has been submitted before (a retry)."""
+        return seq_id in self.seen or seq_id in self.held
 
     def admit(self, request: Request) -> tuple[Request, list[Request]]:
         """Register `request`; returns (the request that answers it, requests now ready in order).

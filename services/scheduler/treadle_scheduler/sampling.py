@@ -29,7 +29,7 @@ class SamplerLink:
         self.in_flight = 0
         self.warm: OrderedDict[str, None] = OrderedDict()
         self._channel: grpc.aio.Channel | None = None
-        self.stub: sampler_pb2_grpc.SamplerStub | None = None
+        self.stub: sampler_pb2_grpc.SamplerAsyncStub | None = None
 
     async def refresh(self) -> bool:
         """Learn (again) which models the sampler serves; False if it cannot be reached."""
@@ -54,7 +54,7 @@ class SamplerLink:
     async def close(self) -> None:
         """Close the channel."""
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
 
 
 class SamplerPool:

@@ -31,8 +31,10 @@ from treadle_runtime.auth import ApiKeys
 from treadle_runtime.errors import OpError, error_detail, invalid, status_code
 from treadle_scheduler.config import SchedulerConfig
 from treadle_scheduler.models import ModelRecord, Request, op_tokens, payload_digest
+from treadle_scheduler.quotas import Limits, Quotas
 from treadle_scheduler.sampling import SamplerPool
-from treadle_scheduler.sessions import Session, SessionTable
+from treadle_scheduler.sessions import Session as ClientSession
+from treadle_scheduler.sessions import SessionTable
 from treadle_scheduler.trainers import TrainerLink
 from treadle_scheduler.validation import LOSS_FNS, check_path, check_training_op
 
@@ -58,9 +60,14 @@ def _abort_code(exc: OpError) -> tuple[grpc.StatusCode, str]:
 class TreadleService(scheduler_pb2_grpc.TreadleServicer):
     """Servicer of the public API."""
 
-    def __init__(self, config: SchedulerConfig, keys: ApiKeys) -> None:
+    def __init__(
+        self, config: SchedulerConfig, keys: ApiKeys, quotas: Quotas | None = None
+    ) -> None:
         self.config = config
         self.keys = keys
+        self.quotas = quotas or Quotas(
+            Limits(config.quota_max_models, config.quota_max_queued_tokens)
+        )
         self.sessions = SessionTable(config.session_idle_seconds)
         self.models: dict[str, ModelRecord] = {}
         self.trainers = [
@@ -75,7 +82,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         ]
         self.samplers = SamplerPool(config.addresses("samplers"))
         self._checkpoints_channel: grpc.aio.Channel | None = None
-        self.checkpoints: checkpoints_pb2_grpc.CheckpointsStub | None = None
+        self.checkpoints: checkpoints_pb2_grpc.CheckpointsAsyncStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._answers: set[asyncio.Task[None]] = set()  # requests awaiting their outcome
 
@@ -98,7 +105,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         await asyncio.gather(*(link.stop() for link in self.trainers))
         await self.samplers.close()
         if self._checkpoints_channel is not None:
-            await self._checkpoints_channel.close()
+            await self._checkpoints_channel.close(None)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -133,7 +140,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                     )
             SESSIONS.set(len(self.sessions))
 
-    def _release(self, session: Session, reason: str) -> None:
+    def _release(self, session: ClientSession, reason: str) -> None:
         """Release a session and its models' adapters."""
         log.info("releasing session", extra={"session": session.session_id, "reason": reason})
         session.send(
@@ -155,7 +162,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             future: asyncio.Future[trainer_pb2.OpResult] = (
                 asyncio.get_running_loop().create_future()
             )
-            model.trainer.enqueue([Request(model_id, -1, op, b"", 0, future)])
+            model.trainer.enqueue([Request(model_id, -1, op, b"", 0, future, model.tenant)])
             model.trainer.models.pop(model_id, None)
         self.sessions.remove(session)
 
@@ -233,6 +240,8 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 f"session_id: unknown session {request.session_id!r}",
                 "session_id",
             )
+        live = sum(1 for m in self.models.values() if m.tenant == tenant)
+        self.quotas.check_models(tenant, live)
         base_model, lora = request.base_model, request.lora_config
         if request.from_state_path:
             check_path("from_state_path", request.from_state_path, kind="state")
@@ -257,7 +266,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         )
         future: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
         link.models[model_id] = model
-        link.enqueue([Request(model_id, 0, op, b"", 0, future)])
+        link.enqueue([Request(model_id, 0, op, b"", 0, future, tenant)])
         result = await future
         if result.WhichOneof("result") == "error":
             link.models.pop(model_id, None)
@@ -331,7 +340,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             reader.cancel()
 
     async def _read(
-        self, session: Session, request_iterator: AsyncIterator[scheduler_pb2.ClientMessage]
+        self, session: ClientSession, request_iterator: AsyncIterator[scheduler_pb2.ClientMessage]
     ) -> None:
         async for message in request_iterator:
             session.touch()
@@ -347,7 +356,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             elif kind == "cancel":
                 self._cancel(session, message.cancel.request_id)
 
-    def _reply_error(self, session: Session, request_id: str, exc: OpError, op: str) -> None:
+    def _reply_error(self, session: ClientSession, request_id: str, exc: OpError, op: str) -> None:
         REQUESTS.labels(op, exc.code.name).inc()
         session.send(
             scheduler_pb2.ServerMessage(
@@ -355,7 +364,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             )
         )
 
-    def _submit(self, session: Session, submit: scheduler_pb2.Submit) -> None:
+    def _submit(self, session: ClientSession, submit: scheduler_pb2.Submit) -> None:
         kind = submit.WhichOneof("op") or "none"
         try:
             if kind in ("sample", "compute_logprobs"):
@@ -371,10 +380,24 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             return
         future: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
         request = Request(
-            model.model_id, submit.seq_id, op, payload_digest(op), op_tokens(op), future
+            model.model_id,
+            submit.seq_id,
+            op,
+            payload_digest(op),
+            op_tokens(op),
+            future,
+            session.tenant,
         )
+        retry = model.is_known(submit.seq_id)
         try:
-            answer, ready = model.admit(request)
+            if not retry:
+                self.quotas.reserve_tokens(session.tenant, request.tokens)
+            try:
+                answer, ready = model.admit(request)
+            except OpError:
+                if not retry:
+                    self.quotas.release_tokens(session.tenant, request.tokens)
+                raise
         except OpError as exc:
             self._reply_error(session, submit.request_id, exc, kind)
             return
@@ -389,7 +412,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 )
             )
         )
-        self._spawn(self._answer(session, submit.request_id, model, answer, kind))
+        self._spawn(self._answer(session, submit.request_id, model, answer, kind, owned=not retry))
 
     def _planned_op(
         self, model: ModelRecord, submit: scheduler_pb2.Submit
@@ -414,9 +437,18 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         return op
 
     async def _answer(
-        self, session: Session, request_id: str, model: ModelRecord, request: Request, kind: str
+        self,
+        session: ClientSession,
+        request_id: str,
+        model: ModelRecord,
+        request: Request,
+        kind: str,
+        *,
+        owned: bool,
     ) -> None:
         result = await asyncio.shield(request.outcome)
+        if owned:
+            self.quotas.release_tokens(request.tenant, request.tokens)
         which = result.WhichOneof("result")
         if which == "error" or which is None:
             detail = result.error if which else error_detail(grpc.StatusCode.INTERNAL, "empty")
@@ -428,7 +460,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             )
             return
         REQUESTS.labels(kind, "OK").inc()
-        reply = scheduler_pb2.Result(request_id=request_id, cycle=request.cycle)
+        reply = scheduler_pb2.Result(request_id=request_id, cycle=request.cycle, wave=result.wave)
         getattr(reply, RESULT_FIELDS[which]).CopyFrom(getattr(result, which))
         if which == "optim_step":
             model.step = int(result.optim_step.metrics.get("step:max", model.step + 1))
@@ -438,7 +470,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             BILLED_TOKENS.labels(session.tenant, kind).inc(request.tokens)
         session.send(scheduler_pb2.ServerMessage(result=reply))
 
-    def _cancel(self, session: Session, request_id: str) -> None:
+    def _cancel(self, session: ClientSession, request_id: str) -> None:
         """Cancellation of queued work is answered once the request would have run."""
         log.info("cancel requested", extra={"session": session.session_id, "request": request_id})
 
@@ -456,7 +488,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             return next(iter(served))
         raise invalid("base_model", "is required to route this request")
 
-    async def _sample(self, session: Session, submit: scheduler_pb2.Submit) -> None:
+    async def _sample(self, session: ClientSession, submit: scheduler_pb2.Submit) -> None:
         kind = submit.WhichOneof("op") or ""
         try:
             if kind == "sample":
@@ -489,7 +521,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         except grpc.aio.AioRpcError as exc:
             await context.abort(exc.code(), exc.details() or "")
 
-    def _require_checkpoints(self) -> checkpoints_pb2_grpc.CheckpointsStub:
+    def _require_checkpoints(self) -> checkpoints_pb2_grpc.CheckpointsAsyncStub:
         if self.checkpoints is None:
             raise OpError(grpc.StatusCode.UNAVAILABLE, "no checkpoints service is configured")
         return self.checkpoints

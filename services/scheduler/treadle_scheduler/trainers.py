@@ -1,9 +1,9 @@
 """One link per trainer: its cycle loop, from queued requests to a CyclePlan and back.
 
 Cycles are work-conserving: a cycle starts as soon as the previous one has ended and work is
-queued (or after `min_cycle_seconds`, if set). A cycle takes every queued request up to the token
-budget, visiting models round-robin so that no tenant waits behind another's backlog; requests of
-one model keep their seq_id order and form the waves of the plan on the trainer. Results are
+queued (or after `min_cycle_seconds`, if set). A cycle takes queued requests up to the token
+budget, shared between tenants by deficit round robin (fairness.py); requests of one model keep
+their seq_id order and form the waves of the plan on the trainer. Results are
 handed back op by op as the trainer streams them. A trainer that disappears fails its in-flight
 and queued requests with UNAVAILABLE, and its models are marked lost; the link reconnects and the
 trainer takes new models when it is back.
@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from treadle.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from treadle_runtime.errors import error_detail
+from treadle_scheduler.fairness import FairQueue
 from treadle_scheduler.models import ModelRecord, Request
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,23 @@ CYCLE_TOKENS = Histogram(
 )
 BUSY_SECONDS = Counter(
     "treadle_scheduler_trainer_busy_seconds_total", "Seconds trainers spent in cycles", ["trainer"]
+)
+UTILIZATION = Gauge(
+    "treadle_scheduler_cycle_utilization",
+    "Busy fraction of wall time over the last minute (trainer time in cycles / wall time)",
+    ["trainer"],
+)
+CYCLE_TENANTS = Histogram(
+    "treadle_scheduler_cycle_tenants",
+    "Tenants per cycle",
+    ["base_model"],
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+OVERHEAD_SECONDS = Histogram(
+    "treadle_scheduler_cycle_overhead_seconds",
+    "Time of a cycle spent outside the trainer (planning, queueing, gRPC)",
+    ["base_model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
 QUEUE_DEPTH = Gauge("treadle_scheduler_queue_depth", "Requests queued", ["base_model"])
 QUEUE_WAIT = Histogram("treadle_scheduler_queue_wait_seconds", "Submit to cycle start")
@@ -73,9 +91,11 @@ class TrainerLink:
         self.up = False
         self.cycle = 0  # number of the cycle running now or last run
         self.running = False
-        self.queues: dict[str, deque[Request]] = {}  # model_id -> ready requests in seq order
+        self.queue = FairQueue()
         self.models: dict[str, ModelRecord] = {}
-        self._rotation = 0
+        self._busy_window: deque[tuple[float, float]] = deque()  # (cycle end, busy seconds)
+        self._connected_at = 0.0
+        self.last_overhead = 0.0
         self._work = asyncio.Event()
         self._in_flight: dict[str, Request] = {}
         self._task: asyncio.Task[None] | None = None
@@ -87,6 +107,7 @@ class TrainerLink:
 
     def start(self) -> None:
         """Start the connect-and-run loop in the background."""
+        UTILIZATION.labels(self.address).set_function(self.utilization)
         self._task = asyncio.create_task(self._run_forever(), name=f"trainer {self.address}")
 
     async def stop(self) -> None:
@@ -97,14 +118,14 @@ class TrainerLink:
 
     def queued(self) -> int:
         """Requests waiting for a cycle."""
-        return sum(len(q) for q in self.queues.values())
+        return len(self.queue)
 
     def enqueue(self, requests: list[Request]) -> tuple[int, int]:
         """Queue ready requests; returns (queue position of the last, expected cycle)."""
         position = self.queued()
-        tokens_ahead = sum(r.tokens for q in self.queues.values() for r in q)
+        tokens_ahead = self.queue.tokens()
         for request in requests:
-            self.queues.setdefault(request.model_id, deque()).append(request)
+            self.queue.push(request.tenant, request)
         QUEUE_DEPTH.labels(self.base_model).set(self.queued())
         self._work.set()
         # the next cycle to start is cycle + 1; a backlog over the token budget pushes it later
@@ -125,11 +146,12 @@ class TrainerLink:
 
     async def _connect_and_run(self) -> None:
         async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = trainer_pb2_grpc.TrainerStub(channel)
+            stub: trainer_pb2_grpc.TrainerAsyncStub = trainer_pb2_grpc.TrainerStub(channel)
             info = await stub.GetTrainerInfo(trainer_pb2.GetTrainerInfoRequest(), timeout=10)
             self.spec = info.model
-            call = stub.RunCycles()
+            call = stub.RunCycles()  # type: ignore[call-arg]  # used with write()/read()
             self.up = True
+            self._connected_at = time.monotonic()
             TRAINER_UP.labels(self.address).set(1)
             log.info("trainer connected", extra={"trainer": self.address, "model": info.model.name})
             while True:
@@ -141,23 +163,10 @@ class TrainerLink:
                 await self._run_cycle(call, plan)
 
     def _next_plan(self) -> trainer_pb2.CyclePlan | None:
-        """Take queued requests round-robin over models, up to the token budget."""
-        model_ids = [m for m, q in self.queues.items() if q]
-        if not model_ids:
+        """Take queued requests fairly between tenants, up to the token budget."""
+        chosen = self.queue.take(self.token_budget)
+        if not chosen:
             return None
-        start = self._rotation % len(model_ids)
-        self._rotation += 1
-        order = model_ids[start:] + model_ids[:start]
-        budget = self.token_budget
-        chosen: list[Request] = []
-        for model_id in order:
-            queue = self.queues[model_id]
-            while queue and (not chosen or queue[0].tokens <= budget):
-                request = queue.popleft()
-                budget -= request.tokens
-                chosen.append(request)
-            if budget <= 0:
-                break
         self.cycle += 1
         now = time.monotonic()
         for request in chosen:
@@ -176,7 +185,7 @@ class TrainerLink:
         tokens = 0
         while True:
             event = await call.read()
-            if event is grpc.aio.EOF:
+            if not isinstance(event, trainer_pb2.TrainerEvent):  # grpc.aio.EOF
                 raise ConnectionError("trainer closed its cycle stream")
             kind = event.WhichOneof("event")
             if kind == "op_result":
@@ -185,14 +194,16 @@ class TrainerLink:
                     request.outcome.set_result(event.op_result)
             elif kind == "cycle_done":
                 tokens = event.cycle_done.tokens
-                BUSY_SECONDS.labels(self.address).inc(event.cycle_done.busy_seconds)
+                busy = event.cycle_done.busy_seconds
                 break
         self.running = False
         for request in self._in_flight.values():  # an op the trainer never answered
             if not request.outcome.done():
                 request.outcome.set_result(_failure(request, grpc.StatusCode.INTERNAL, "no result"))
         self._in_flight.clear()
-        elapsed = time.monotonic() - started
+        ended = time.monotonic()
+        elapsed = ended - started
+        self._account(ended, elapsed, busy)
         CYCLES.labels(self.base_model).inc()
         CYCLE_SECONDS.labels(self.base_model).observe(elapsed)
         CYCLE_OPS.labels(self.base_model).observe(len(plan.ops))
@@ -200,16 +211,31 @@ class TrainerLink:
         if self.min_cycle_seconds > elapsed:
             await asyncio.sleep(self.min_cycle_seconds - elapsed)
 
+    def _account(self, ended: float, elapsed: float, busy: float) -> None:
+        """Busy time, utilization over the last minute, and time spent outside the trainer."""
+        BUSY_SECONDS.labels(self.address).inc(busy)
+        self.last_overhead = max(0.0, elapsed - busy)
+        OVERHEAD_SECONDS.labels(self.base_model).observe(self.last_overhead)
+        self._busy_window.append((ended, busy))
+
+    def utilization(self) -> float:
+        """Trainer time in cycles over wall time, for the last minute (0 while disconnected)."""
+        if not self.up:
+            return 0.0
+        now = time.monotonic()
+        while self._busy_window and self._busy_window[0][0] < now - 60.0:
+            self._busy_window.popleft()
+        window = min(60.0, now - self._connected_at)
+        busy = sum(b for _, b in self._busy_window)
+        return min(1.0, busy / window) if window > 0 else 0.0
+
     def _lose(self) -> None:
         """Fail everything the trainer held or was about to run; its models' state is gone."""
         self.up = False
         self.running = False
         TRAINER_UP.labels(self.address).set(0)
-        pending = list(self._in_flight.values())
-        for queue in self.queues.values():
-            pending.extend(queue)
+        pending = list(self._in_flight.values()) + self.queue.drain()
         self._in_flight.clear()
-        self.queues.clear()
         for model in self.models.values():
             model.lost = LOST_MESSAGE.format(address=self.address, model_id=model.model_id)
         for request in pending:

@@ -90,9 +90,10 @@ class Accepted(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., queue_position: _Optional[int] = ..., expected_cycle: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("request_id", "cycle", "forward_backward", "optim_step", "save_checkpoint", "load_state", "sample", "compute_logprobs")
+    __slots__ = ("request_id", "cycle", "wave", "forward_backward", "optim_step", "save_checkpoint", "load_state", "sample", "compute_logprobs")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CYCLE_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_BACKWARD_FIELD_NUMBER: _ClassVar[int]
     OPTIM_STEP_FIELD_NUMBER: _ClassVar[int]
     SAVE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -101,13 +102,14 @@ class Result(_message.Message):
     COMPUTE_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     cycle: int
+    wave: int
     forward_backward: _common_pb2.ForwardBackwardOutput
     optim_step: _common_pb2.OptimStepResponse
     save_checkpoint: _common_pb2.SaveCheckpointResponse
     load_state: _common_pb2.LoadStateResponse
     sample: _common_pb2.SampleResponse
     compute_logprobs: _common_pb2.ComputeLogprobsResponse
-    def __init__(self, request_id: _Optional[str] = ..., cycle: _Optional[int] = ..., forward_backward: _Optional[_Union[_common_pb2.ForwardBackwardOutput, _Mapping]] = ..., optim_step: _Optional[_Union[_common_pb2.OptimStepResponse, _Mapping]] = ..., save_checkpoint: _Optional[_Union[_common_pb2.SaveCheckpointResponse, _Mapping]] = ..., load_state: _Optional[_Union[_common_pb2.LoadStateResponse, _Mapping]] = ..., sample: _Optional[_Union[_common_pb2.SampleResponse, _Mapping]] = ..., compute_logprobs: _Optional[_Union[_common_pb2.ComputeLogprobsResponse, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., cycle: _Optional[int] = ..., wave: _Optional[int] = ..., forward_backward: _Optional[_Union[_common_pb2.ForwardBackwardOutput, _Mapping]] = ..., optim_step: _Optional[_Union[_common_pb2.OptimStepResponse, _Mapping]] = ..., save_checkpoint: _Optional[_Union[_common_pb2.SaveCheckpointResponse, _Mapping]] = ..., load_state: _Optional[_Union[_common_pb2.LoadStateResponse, _Mapping]] = ..., sample: _Optional[_Union[_common_pb2.SampleResponse, _Mapping]] = ..., compute_logprobs: _Optional[_Union[_common_pb2.ComputeLogprobsResponse, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("request_id", "error")
