@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fixtures.grpc_server import free_port, running_server
+from fixtures.mesh import mesh
 from fixtures.s3 import s3_server
 
-__all__ = ["free_port", "running_server", "s3_server"]
+__all__ = ["free_port", "mesh", "running_server", "s3_server"]

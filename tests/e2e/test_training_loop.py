@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 
 import treadle
+from fixtures.data import token_batch
 from treadle import types
 from treadle.v1 import common_pb2, scheduler_pb2
 from treadle_runtime.launcher import LocalMesh
@@ -15,28 +15,10 @@ from treadle_runtime.launcher import LocalMesh
 from .conftest import TINY
 
 
-def fixed_batch(seed: int = 0, datums: int = 2, length: int = 24) -> list[types.Datum]:
-    """A fixed batch of random token sequences, next-token targets, all tokens weighted."""
-    rng = np.random.default_rng(seed)
-    batch = []
-    for _ in range(datums):
-        tokens = rng.integers(3, 2000, size=length + 1)
-        batch.append(
-            types.Datum(
-                model_input=types.ModelInput.from_ints(tokens[:-1]),
-                loss_fn_inputs={
-                    "target_tokens": tokens[1:],
-                    "weights": np.ones(length, np.float32),
-                },
-            )
-        )
-    return batch
-
-
 def test_pipelined_training_sampling_and_resume(mesh: LocalMesh) -> None:
     service = treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key)
     training = service.create_lora_training_client(base_model=TINY, rank=8, seed=0)
-    batch = fixed_batch()
+    batch = token_batch()
     adam = types.AdamParams(learning_rate=5e-3)
 
     # 20 steps, each submitted before the previous one is awaited
@@ -84,7 +66,7 @@ def test_unknown_loss_is_refused_by_client_and_server(mesh: LocalMesh) -> None:
     with treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key) as service:
         training = service.create_lora_training_client(base_model=TINY, rank=4)
         with pytest.raises(treadle.ValidationError, match="loss_fn"):
-            training.forward_backward(fixed_batch(), loss_fn="hinge")
+            training.forward_backward(token_batch(), loss_fn="hinge")
         # the same request sent raw, past the client's own check
         request = common_pb2.ForwardBackwardRequest(loss_fn="hinge")
         request.data.add().model_input.chunks.add().encoded_text.tokens.extend([1, 2, 3])

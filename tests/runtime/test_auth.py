@@ -51,5 +51,13 @@ def test_wrong_key_is_unauthenticated_on_a_real_server() -> None:
                 assert reason in failure.value.details()
             reply = stub.GetCapabilities(request, metadata=(("x-api-key", "tml-good"),), timeout=5)
             assert reply.loss_fns
+            for _ in range(30):  # the streaming Session call is refused the same way, every time
+                stream = stub.Session(
+                    iter([scheduler_pb2.ClientMessage(open=scheduler_pb2.OpenSession())]),
+                    metadata=(("x-api-key", "tml-bad"),),
+                )
+                with pytest.raises(grpc.RpcError) as failure:
+                    list(stream)
+                assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -140,6 +140,15 @@ class Connection:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        stub = scheduler_pb2_grpc.TreadleStub(self._channel)
+        try:  # a unary call first: a wrong key or address fails here, plainly
+            await stub.GetCapabilities(
+                scheduler_pb2.GetCapabilitiesRequest(), metadata=self.metadata, timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise RequestFailedError(
+                exc.code().name, exc.details() or "", _category(exc.code())
+            ) from None
         opened = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(opened))
         await opened

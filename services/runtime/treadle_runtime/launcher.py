@@ -9,6 +9,7 @@ launcher leaves no orphans. `LocalMesh` is also what the demo and the end-to-end
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -22,6 +23,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from treadle_runtime.auth import parse_api_keys
 from treadle_runtime.seaweed import S3Server, start_s3_server
 
 PR_SET_PDEATHSIG = 1
@@ -32,20 +34,28 @@ class UpConfig:
     """Run the whole Treadle mesh locally."""
 
     base_model: str = field(
-        default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "base model to serve"}
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        metadata={"help": "base model(s) to serve, comma-separated"},
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address the scheduler listens on"})
     port: int = field(default=8470, metadata={"help": "scheduler port (0 picks a free one)"})
     data_dir: str = field(default=".treadle", metadata={"help": "state, object store and logs"})
     api_key: str = field(default="", metadata={"help": "API key to accept (default: generated)"})
     tenant: str = field(default="local", metadata={"help": "tenant of the API key"})
+    api_keys: str = field(default="", metadata={"help": "more keys, as KEY=tenant,KEY2=tenant2"})
     trainers: int = field(default=1, metadata={"help": "trainer processes"})
     samplers: int = field(default=1, metadata={"help": "sampler processes"})
     metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
     startup_timeout: float = field(default=120.0, metadata={"help": "seconds to become healthy"})
 
+    def base_models(self) -> list[str]:
+        """The base models served (each gets its own trainers and samplers)."""
+        return [m.strip() for m in self.base_model.split(",") if m.strip()]
+
     def validate(self) -> None:
         """Refuse values the mesh cannot start with."""
+        if not self.base_models():
+            raise ValueError("base_model: at least one base model is required")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} is not in 0..65535")
         if self.trainers < 1 or self.samplers < 1:
@@ -81,6 +91,19 @@ def wait_healthy(
     raise RuntimeError(f"not healthy at {address} after {timeout:.0f}s")
 
 
+def _launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -97,6 +120,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int = 0
+    command: list[str] = field(default_factory=list)
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of its log, for error messages."""
@@ -147,18 +171,29 @@ class LocalMesh:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{name}.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                command,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=_die_with_parent,
-            )
-        service = Service(name, f"{host}:{port}", process, log_path, metrics_port)
+        process = _launch(command, log_path)
+        service = Service(name, f"{host}:{port}", process, log_path, metrics_port, command)
         self.services.append(service)
+        return service
+
+    def service(self, name: str) -> Service:
+        """The running service called `name` (e.g. "trainer-0", "scheduler")."""
+        return next(s for s in self.services if s.name == name)
+
+    def kill(self, name: str) -> None:
+        """Kill a service abruptly (SIGKILL), as a crash would."""
+        service = self.service(name)
+        service.process.kill()
+        service.process.wait()
+
+    def restart(self, name: str, timeout: float = 60.0) -> Service:
+        """Start a stopped or killed service again, same flags and address; wait until healthy."""
+        service = self.service(name)
+        if service.process.poll() is None:
+            service.process.terminate()
+            service.process.wait()
+        service.process = _launch(service.command, service.log_path)
+        self._await([service], time.monotonic() + timeout)
         return service
 
     def _await(self, services: list[Service], deadline: float) -> None:
@@ -188,28 +223,26 @@ class LocalMesh:
             },
         )
         self._await([checkpoints], deadline)
-        workers = [
-            self._spawn(
-                f"trainer-{i}",
-                "treadle_trainer",
-                {"base_model": config.base_model, "checkpoints": checkpoints.address},
-            )
-            for i in range(config.trainers)
-        ] + [
-            self._spawn(
-                f"sampler-{i}",
-                "treadle_sampler",
-                {"base_model": config.base_model, "checkpoints": checkpoints.address},
-            )
-            for i in range(config.samplers)
-        ]
+        workers: list[Service] = []
+        for m, model in enumerate(config.base_models()):
+            flags: dict[str, object] = {"base_model": model, "checkpoints": checkpoints.address}
+            tag = "" if m == 0 else f"{m}-"  # trainer-0, trainer-1-0 for a second model, ...
+            workers += [
+                self._spawn(f"trainer-{tag}{i}", "treadle_trainer", flags)
+                for i in range(config.trainers)
+            ]
+            workers += [
+                self._spawn(f"sampler-{tag}{i}", "treadle_sampler", flags)
+                for i in range(config.samplers)
+            ]
         self._await(workers, deadline)
         trainers = ",".join(s.address for s in workers if s.name.startswith("trainer"))
         samplers = ",".join(s.address for s in workers if s.name.startswith("sampler"))
         port = config.port or free_port()
+        keys = {**parse_api_keys(config.api_keys), self.api_key: config.tenant}
         keys_file = self.data_dir / "api_keys.json"
-        keys_file.write_text(f'{{"{self.api_key}": "{config.tenant}"}}\n')
-        keys_file.chmod(0o600)
+        keys_file.touch(mode=0o600)
+        keys_file.write_text(json.dumps(keys) + "\n")
         scheduler = self._spawn(
             "scheduler",
             "treadle_scheduler",
@@ -238,7 +271,7 @@ class LocalMesh:
                     metadata=(("x-api-key", self.api_key),),
                     timeout=5,
                 )
-                if any(m.name == self.config.base_model for m in caps.models):
+                if set(self.config.base_models()) <= {m.name for m in caps.models}:
                     return
                 time.sleep(0.2)
         raise RuntimeError(

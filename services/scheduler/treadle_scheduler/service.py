@@ -324,20 +324,23 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             )
         )
         reader = asyncio.create_task(self._read(session, request_iterator))
+        getter: asyncio.Future[scheduler_pb2.ServerMessage | None] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(session.outbox.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
-                    getter.cancel()
                     break  # the client closed its side
                 message = getter.result()
+                getter = None
                 if message is None:
                     break  # session released
                 yield message
         finally:
             session.streams -= 1
             reader.cancel()
+            if getter is not None:
+                getter.cancel()
 
     async def _read(
         self, session: ClientSession, request_iterator: AsyncIterator[scheduler_pb2.ClientMessage]
