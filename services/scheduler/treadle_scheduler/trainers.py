@@ -156,11 +156,12 @@ class TrainerLink:
             log.info("trainer connected", extra={"trainer": self.address, "model": info.model.name})
             while True:
                 await self._work.wait()
+                planning = time.monotonic()
                 plan = self._next_plan()
                 if plan is None:
                     self._work.clear()
                     continue
-                await self._run_cycle(call, plan)
+                await self._run_cycle(call, plan, planning)
 
     def _next_plan(self) -> trainer_pb2.CyclePlan | None:
         """Take queued requests fairly between tenants, up to the token budget."""
@@ -177,8 +178,9 @@ class TrainerLink:
         return trainer_pb2.CyclePlan(cycle=self.cycle, ops=[r.op for r in chosen])
 
     async def _run_cycle(
-        self, call: grpc.aio.StreamStreamCall, plan: trainer_pb2.CyclePlan
+        self, call: grpc.aio.StreamStreamCall, plan: trainer_pb2.CyclePlan, planning: float
     ) -> None:
+        """Send a plan, route its results as they stream in, account the cycle's time."""
         started = time.monotonic()
         self.running = True
         await call.write(trainer_pb2.TrainerCommand(plan=plan))
@@ -203,7 +205,7 @@ class TrainerLink:
         self._in_flight.clear()
         ended = time.monotonic()
         elapsed = ended - started
-        self._account(ended, elapsed, busy)
+        self._account(ended, ended - planning, busy)
         CYCLES.labels(self.base_model).inc()
         CYCLE_SECONDS.labels(self.base_model).observe(elapsed)
         CYCLE_OPS.labels(self.base_model).observe(len(plan.ops))
@@ -212,7 +214,8 @@ class TrainerLink:
             await asyncio.sleep(self.min_cycle_seconds - elapsed)
 
     def _account(self, ended: float, elapsed: float, busy: float) -> None:
-        """Busy time, utilization over the last minute, and time spent outside the trainer."""
+        """Busy time, utilization over the last minute, and time spent outside the trainer
+        (`elapsed` runs from planning the cycle to its CycleDone)."""
         BUSY_SECONDS.labels(self.address).inc(busy)
         self.last_overhead = max(0.0, elapsed - busy)
         OVERHEAD_SECONDS.labels(self.base_model).observe(self.last_overhead)

@@ -1,0 +1,76 @@
+"""A trainer killed mid-run: its futures fail UNAVAILABLE with a way out, other base models'
+tenants carry on, and a restarted trainer takes new models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import treadle
+from fixtures.data import token_batch
+from treadle import types
+from treadle_runtime.launcher import LocalMesh, UpConfig
+
+LLAMA, QWEN = "treadle/tiny-llama", "treadle/tiny-qwen2"
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    config = UpConfig(
+        base_model=f"{LLAMA},{QWEN}",
+        port=0,
+        data_dir=str(tmp_path_factory.mktemp("two-models")),
+        metrics=False,
+        api_keys="tml-other=other",
+    )
+    with LocalMesh(config) as running:
+        yield running
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.2)
+
+
+def test_killed_trainer_fails_its_futures_and_comes_back(
+    two_models: LocalMesh, tmp_path: Path
+) -> None:
+    data = token_batch(datums=4, length=64)
+    adam = types.AdamParams(learning_rate=1e-3)
+    with treadle.ServiceClient(base_url=two_models.endpoint, api_key=two_models.api_key) as mine:
+        with treadle.ServiceClient(base_url=two_models.endpoint, api_key="tml-other") as other:
+            victim = mine.create_lora_training_client(LLAMA, rank=4)
+            survivor = other.create_lora_training_client(QWEN, rank=4)
+            victim.forward_backward(data).result(timeout=30)
+            in_flight = [victim.forward_backward(data) for _ in range(30)]
+            two_models.kill("trainer-0")
+            failures = []
+            for future in in_flight:
+                try:
+                    future.result(timeout=30)
+                except treadle.RequestFailedError as exc:
+                    failures.append(exc)
+            assert failures, "nothing was in flight when the trainer died"
+            assert all(f.code == "UNAVAILABLE" for f in failures)
+            assert "resume from your last state checkpoint" in failures[0].message
+            with pytest.raises(treadle.RequestFailedError) as lost:
+                victim.optim_step(adam).result(timeout=30)
+            assert lost.value.code == "UNAVAILABLE"
+
+            for _ in range(3):  # the other base model's tenant is untouched
+                survivor.forward_backward(data).result(timeout=30)
+                survivor.optim_step(adam).result(timeout=30)
+
+            two_models.restart("trainer-0")
+            wait_until(
+                lambda: (
+                    LLAMA in [m.model_name for m in mine.get_server_capabilities().supported_models]
+                )
+            )
+            fresh = mine.create_lora_training_client(LLAMA, rank=4)
+            assert fresh.forward_backward(data).result(timeout=30).metrics["loss:sum"] > 0
