@@ -4,85 +4,14 @@ sampler and checkpoints processes, plus helpers that submit raw requests and rea
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import grpc
-import pytest
-
 import treadle
-from fixtures.grpc_server import running_server
 from treadle import types, wire
-from treadle.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from treadle_runtime.auth import ApiKeyInterceptor, ApiKeys
-from treadle_runtime.launcher import LocalMesh
+from treadle.v1 import common_pb2, scheduler_pb2
 from treadle_scheduler.config import SchedulerConfig
-from treadle_scheduler.service import TreadleService
 
-KEYS = {"tml-team-a": "team-a", "tml-team-b": "team-b", "tml-team-c": "team-c"}
 TINY = "treadle/tiny-llama"
-
-SchedulerFactory = Callable[..., Any]
-
-
-def peers(mesh: LocalMesh) -> dict[str, str]:
-    """Scheduler flags pointing at the mesh's trainer, sampler and checkpoints processes."""
-
-    def addresses(prefix: str) -> str:
-        return ",".join(s.address for s in mesh.services if s.name.startswith(prefix))
-
-    return {
-        "trainers": addresses("trainer"),
-        "samplers": addresses("sampler"),
-        "checkpoints": addresses("checkpoints"),
-    }
-
-
-@contextmanager
-def scheduler(mesh: LocalMesh, **settings: Any) -> Iterator[str]:
-    """A real scheduler server in this process; yields its address."""
-    config = SchedulerConfig(**{**peers(mesh), **settings})
-    keys = ApiKeys(KEYS)
-    service = TreadleService(config, keys)
-
-    async def setup(server: grpc.aio.Server) -> list[str]:
-        scheduler_pb2_grpc.add_TreadleServicer_to_server(service, server)
-        await service.start()
-        return ["treadle.v1.Treadle"]
-
-    with running_server(
-        setup, interceptors=[ApiKeyInterceptor(keys)], config=config, on_shutdown=service.stop
-    ) as address:
-        wait_for_trainers(address)
-        yield address
-
-
-def wait_for_trainers(address: str, timeout: float = 30.0) -> None:
-    """Block until the scheduler lists a served model."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = scheduler_pb2_grpc.TreadleStub(channel)
-        while time.monotonic() < deadline:
-            caps = stub.GetCapabilities(
-                scheduler_pb2.GetCapabilitiesRequest(), metadata=(("x-api-key", "tml-team-a"),)
-            )
-            if caps.models:
-                return
-            time.sleep(0.1)
-    raise TimeoutError("scheduler never reached a trainer")
-
-
-@pytest.fixture()
-def make_scheduler(mesh: LocalMesh) -> Iterator[SchedulerFactory]:
-    """`with make_scheduler(min_cycle_seconds=0.5) as address:` — a scheduler with settings."""
-
-    def factory(**settings: Any) -> Any:
-        return scheduler(mesh, **settings)
-
-    yield factory
 
 
 def fb_request(data: list[types.Datum]) -> common_pb2.ForwardBackwardRequest:

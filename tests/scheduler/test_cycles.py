@@ -10,9 +10,10 @@ import pytest
 
 import treadle
 from fixtures.data import token_batch
+from fixtures.scheduler import SchedulerFactory
 from treadle_runtime.launcher import LocalMesh
 
-from .conftest import TINY, Raw, SchedulerFactory, client
+from .conftest import TINY, Raw, client
 
 
 def cycles_per_step(results: list[tuple[Any, Any]]) -> float:

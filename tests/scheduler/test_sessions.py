@@ -13,9 +13,10 @@ import pytest
 
 import treadle
 from fixtures.data import token_batch
+from fixtures.scheduler import SchedulerFactory
 from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from .conftest import TINY, Raw, SchedulerFactory, client
+from .conftest import TINY, Raw, client
 
 
 class RawStream:

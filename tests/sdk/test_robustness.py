@@ -1,0 +1,60 @@
+"""The SDK survives a broken connection (reconnects, resumes its session, re-sends, and nothing
+runs twice) and keeps its session alive through a minute of CPU-bound user code."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import treadle
+from fixtures.data import token_batch
+from fixtures.proxy import cuttable_proxy
+from fixtures.scheduler import SchedulerFactory
+from treadle import types
+from treadle_runtime.launcher import LocalMesh
+
+BASE_MODEL = "treadle/tiny-llama"
+
+
+def train(training: treadle.TrainingClient, steps: int, cut: object = None) -> None:
+    data, adam = token_batch(seed=9), types.AdamParams(learning_rate=1e-2)
+    futures = []
+    for step in range(steps):
+        futures.append((training.forward_backward(data), training.optim_step(adam)))
+        if step == steps // 2 and cut is not None:
+            cut.cut()  # type: ignore[attr-defined]
+    for fb, opt in futures:
+        fb.result(timeout=60)
+        opt.result(timeout=60)
+
+
+def test_cut_connection_reconnects_and_runs_everything_once(mesh: LocalMesh) -> None:
+    with cuttable_proxy(mesh.endpoint) as proxy:
+        with treadle.ServiceClient(base_url=proxy.address, api_key=mesh.api_key) as service:
+            session_id = service.session_id
+            cut = service.create_lora_training_client(BASE_MODEL, rank=4, seed=2)
+            clean = service.create_lora_training_client(BASE_MODEL, rank=4, seed=2)
+            train(cut, 8, cut=proxy)
+            train(clean, 8)
+            assert proxy.cuts == 1
+            assert service.session_id == session_id  # the same session, resumed
+            after = [
+                c.forward(token_batch(seed=9)).result(timeout=60).loss_fn_outputs
+                for c in (cut, clean)
+            ]
+    for a, b in zip(*after, strict=True):
+        np.testing.assert_allclose(a["logprobs"].to_numpy(), b["logprobs"].to_numpy(), atol=1e-6)
+
+
+def test_session_survives_a_minute_of_cpu_bound_user_code(make_scheduler: SchedulerFactory) -> None:
+    with make_scheduler(session_idle_seconds=10.0) as address:
+        with treadle.ServiceClient(base_url=address, api_key="tml-team-a") as service:
+            training = service.create_lora_training_client(BASE_MODEL, rank=4)
+            deadline = time.monotonic() + 60.0
+            total = 0
+            while time.monotonic() < deadline:  # pure-Python work holding the GIL
+                total += sum(i * i for i in range(10_000))
+            assert total > 0
+            result = training.forward_backward(token_batch()).result(timeout=60)
+            assert result.metrics["loss:sum"] > 0
