@@ -43,8 +43,13 @@ def invalid(field: str, message: str) -> OpError:
     return OpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field)
 
 
+MAX_MESSAGE_CHARS = 2000  # error text travels in gRPC metadata too, which has a hard size limit
+
+
 def error_detail(code: grpc.StatusCode, message: str, field: str = "") -> common_pb2.ErrorDetail:
-    """An ErrorDetail with the category implied by `code`."""
+    """An ErrorDetail with the category implied by `code` (long messages are shortened)."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     category = (
         common_pb2.ERROR_CATEGORY_USER if code in USER_CODES else common_pb2.ERROR_CATEGORY_SERVER
     )

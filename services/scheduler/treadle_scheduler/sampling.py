@@ -14,7 +14,7 @@ from collections import OrderedDict
 import grpc
 
 from treadle.v1 import common_pb2, sampler_pb2, sampler_pb2_grpc
-from treadle_runtime.errors import OpError
+from treadle_runtime.errors import MAX_MESSAGE_CHARS, OpError
 
 log = logging.getLogger(__name__)
 WARM_KEPT = 64  # adapter paths remembered per sampler
@@ -107,7 +107,9 @@ class SamplerPool:
             link.mark_warm(request.model_path)
             return done
         except grpc.aio.AioRpcError as exc:
-            raise OpError(exc.code(), exc.details() or "sampler failed") from None
+            raise OpError(
+                exc.code(), (exc.details() or "sampler failed")[:MAX_MESSAGE_CHARS]
+            ) from None
         finally:
             link.in_flight -= 1
 
@@ -124,7 +126,9 @@ class SamplerPool:
             link.mark_warm(request.model_path)
             return response
         except grpc.aio.AioRpcError as exc:
-            raise OpError(exc.code(), exc.details() or "sampler failed") from None
+            raise OpError(
+                exc.code(), (exc.details() or "sampler failed")[:MAX_MESSAGE_CHARS]
+            ) from None
         finally:
             link.in_flight -= 1
 
