@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +18,7 @@ import grpc
 import pytest
 from minio import Minio
 
-from fixtures.grpc_server import running_server
+from fixtures.grpc_server import free_port, running_server, wait_serving
 from fixtures.s3 import S3Server
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_checkpoints.app import CheckpointsApp
@@ -61,6 +65,49 @@ def checkpoints_server(config: CheckpointsConfig) -> Iterator[Served]:
         finally:
             served.run(app.close())
             channel.close()
+
+
+@dataclass
+class Process:
+    """A service running as its own process."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL: the process ends at once, without any shutdown of its own."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def service_process(module: str, **flags: object) -> Iterator[Process]:
+    """`python -m module --flag value ...` on a free port, until the block ends (SIGTERM)."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+    for key, value in flags.items():
+        command += ["--" + key.replace("_", "-"), str(value)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    try:
+        wait_serving(address, timeout=120)
+        yield Process(address, process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def checkpoints_flags(s3: S3Server, bucket: str = BUCKET) -> dict[str, object]:
+    """Flags of a checkpoints process on `bucket` of `s3` (no periodic sweep)."""
+    return {
+        "s3_endpoint": s3.endpoint,
+        "s3_access_key": s3.access_key,
+        "s3_secret_key": s3.secret_key,
+        "bucket": bucket,
+        "sweep_interval_seconds": 0,
+    }
 
 
 @pytest.fixture(scope="module")

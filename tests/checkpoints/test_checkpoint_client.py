@@ -10,7 +10,8 @@ import grpc
 import pytest
 from minio import Minio
 
-from checkpoints.conftest import BUCKET, Served
+from checkpoints.conftest import BUCKET, Served, checkpoints_server, put, rpc_error, s3_config
+from fixtures.s3 import S3Server
 from treadle.paths import parse_path
 from treadle.v1 import common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
@@ -74,3 +75,26 @@ def test_errors_keep_the_service_code_and_message(served: Served, tenant: str, s
     assert malformed.code == grpc.StatusCode.INVALID_ARGUMENT
     assert malformed.message.startswith("info.path")
     assert corrupt.code == grpc.StatusCode.DATA_LOSS and "/w" in corrupt.message
+
+
+def test_files_far_larger_than_the_message_limit_pass_in_chunks(
+    s3_server: S3Server, tenant: str
+) -> None:
+    config = s3_config(s3_server, max_message_bytes=1 << 20, chunk_bytes=256 * 1024)
+    big = {"adapter_model.safetensors": os.urandom(6 << 20)}  # six times the limit
+    info = common_pb2.CheckpointInfo(path="treadle://run-big/weights/w")
+    with checkpoints_server(config) as small:
+
+        async def round_trip() -> dict[str, bytes]:
+            client = CheckpointClient(small.address, chunk_bytes=256 * 1024)
+            try:
+                await client.put(tenant, info, big)
+                return (await client.get(tenant, info.path))[1]
+            finally:
+                await client.close()
+
+        assert asyncio.run(round_trip()) == big
+        one_message = rpc_error(  # the limit is real: the same bytes unchunked are refused
+            lambda: put(small.stub, tenant, "treadle://run-big/weights/x", big, chunk_bytes=6 << 20)
+        )
+    assert one_message.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -7,6 +7,7 @@ import io
 import os
 import tarfile
 import time
+import uuid
 
 import grpc
 import pytest
@@ -35,6 +36,7 @@ from treadle.v1.checkpoints_pb2 import (
     SetTtlRequest,
 )
 from treadle_checkpoints.layout import checkpoint_prefix
+from treadle_checkpoints.lifecycle import DAY_LADDER
 from treadle_checkpoints.manifest import FileEntry, checkpoint_digest
 from treadle_runtime.seaweed import S3Server
 
@@ -43,6 +45,18 @@ ADAPTER = {
     "adapter_model.safetensors": os.urandom(3_000_000),  # three 1 MiB chunks
     "empty.bin": b"",
 }
+
+
+def test_the_bucket_and_its_lifecycle_rules_are_made_at_startup(
+    s3_server: S3Server, s3: Minio
+) -> None:
+    bucket = f"treadle-boot-{uuid.uuid4().hex[:8]}"
+    assert not s3.bucket_exists(bucket)
+    with checkpoints_server(s3_config(s3_server, bucket=bucket)):
+        assert s3.bucket_exists(bucket)
+        rules = s3.get_bucket_lifecycle(bucket)
+        assert rules is not None
+        assert {r.rule_id for r in rules.rules} == {f"treadle-expire-{d}d" for d in DAY_LADDER}
 
 
 def test_put_then_get_returns_the_same_files_and_metadata(served: Served, tenant: str) -> None:
@@ -173,10 +187,18 @@ def test_set_ttl_changes_and_clears_expiry(served: Served, tenant: str) -> None:
     longer = served.stub.SetTtl(SetTtlRequest(tenant=tenant, path=path, ttl_seconds=7 * 86400))
     assert abs(longer.expires_at - (time.time() + 7 * 86400)) < 60
     assert get(served.stub, tenant, path)[0].expires_at == longer.expires_at
+    (listed,) = served.stub.List(
+        ListCheckpointsRequest(tenant=tenant, run_id="run-ttl")
+    ).checkpoints
+    assert listed.expires_at == longer.expires_at
 
     kept = served.stub.SetTtl(SetTtlRequest(tenant=tenant, path=path))
     assert not kept.HasField("expires_at")
     assert not get(served.stub, tenant, path)[0].HasField("expires_at")
+    (listed,) = served.stub.List(
+        ListCheckpointsRequest(tenant=tenant, run_id="run-ttl")
+    ).checkpoints
+    assert not listed.HasField("expires_at")
 
     served.stub.SetTtl(SetTtlRequest(tenant=tenant, path=path, ttl_seconds=0))
     error = rpc_error(lambda: served.stub.Get(GetCheckpointRequest(tenant=tenant, path=path)))

@@ -105,6 +105,13 @@ def test_list_info_and_ttl(trained: Trained, cli: None, capsys: pytest.CaptureFi
     assert capsys.readouterr().out.strip().endswith("expires never")
     assert expires_at(trained.sampler_path) is None
 
+    sampling = trained.training.save_weights_and_get_sampling_client()  # ephemeral
+    ephemeral = next(
+        c for c in rest.list_checkpoints(run).result() if c.path == sampling.model_path
+    )
+    assert ephemeral.checkpoint_type == "sampler" and "/sampler_weights/" in ephemeral.path
+    assert abs((ephemeral.expires_at or 0) - (time.time() + 24 * 3600)) < 60  # short-lived
+
     assert checkpoints_cli(["ttl", trained.sampler_path, "-5"]) == 1
     with pytest.raises(treadle.ValidationError, match="ttl_seconds"):
         rest.set_checkpoint_ttl(trained.sampler_path, -5)
@@ -219,11 +226,12 @@ def test_rm_by_path_by_run_and_by_filter(
 def second_scheduler(mesh: LocalMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Another scheduler on the mesh's sampler and checkpoints, knowing two tenants' keys."""
     keys = tmp_path_factory.mktemp("keys") / "keys.json"
-    keys.write_text(json.dumps({mesh.api_key: "local", "tml-intruder": "intruder"}))
-    address = f"127.0.0.1:{free_port()}"
+    keys.write_text(json.dumps({mesh.api_key: mesh.config.tenant, "tml-intruder": "intruder"}))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
     by_name = {s.name: s.address for s in mesh.services}
-    flags = {
-        "host": "127.0.0.1", "port": address.split(":")[1], "trainers": f"127.0.0.1:{free_port()}",
+    flags = {  # its one trainer address is a port nothing listens on: no model is made here
+        "host": "127.0.0.1", "port": str(port), "trainers": f"127.0.0.1:{free_port()}",
         "samplers": by_name["sampler-0"], "checkpoints": by_name["checkpoints"],
         "api-keys-file": str(keys),
     }  # fmt: skip
@@ -261,7 +269,7 @@ def test_another_tenant_gets_not_found_for_every_call(
             with pytest.raises(treadle.RequestFailedError) as failure:
                 call(trained.state_path)
             assert failure.value.code == "NOT_FOUND", (name, failure.value)
-            assert "local" not in failure.value.message
+            assert mesh.config.tenant not in failure.value.message
         sampling = intruder.create_sampling_client(model_path=trained.sampler_path)
         prompt = types.ModelInput.from_ints([1, 2, 3])
         with pytest.raises(treadle.RequestFailedError) as failure:

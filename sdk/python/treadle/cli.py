@@ -8,7 +8,8 @@ from collections.abc import Sequence
 USAGE = """usage: treadle COMMAND [flags]
 
 commands:
-  up      start the whole mesh locally (SeaweedFS, checkpoints, trainer, sampler, scheduler)
+  up           start the whole mesh locally (SeaweedFS, checkpoints, trainer, sampler, scheduler)
+  checkpoints  list, inspect, download, export, delete and re-time checkpoints
 
 `treadle COMMAND --help` lists a command's flags."""
 
@@ -27,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("treadle up: the services are not installed (run `make setup`)", file=sys.stderr)
             return 1
         return up(rest)
+    if command == "checkpoints":
+        from treadle.checkpoints_cli import main as checkpoints
+
+        return checkpoints(rest)
     print(f"treadle: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

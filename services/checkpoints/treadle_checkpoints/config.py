@@ -34,6 +34,9 @@ class CheckpointsConfig(ServerConfig):
     part_bytes: int = field(
         default=16 << 20, metadata={"help": "multipart part size for large files (>= 5 MiB)"}
     )
+    parallel_parts: int = field(
+        default=3, metadata={"help": "multipart parts of one file uploaded at a time"}
+    )
     sweep_interval_seconds: float = field(
         default=60.0, metadata={"help": "seconds between expiry sweeps (0 = no sweep)"}
     )
@@ -54,6 +57,8 @@ class CheckpointsConfig(ServerConfig):
             raise ValueError("chunk_bytes: must be >= 1024 and at most half of max_message_bytes")
         if self.part_bytes < MIN_PART_BYTES:
             raise ValueError(f"part_bytes: must be >= {MIN_PART_BYTES} (S3's minimum part)")
+        if self.parallel_parts < 1:
+            raise ValueError(f"parallel_parts: must be >= 1, got {self.parallel_parts}")
         if self.sweep_interval_seconds < 0:
             raise ValueError("sweep_interval_seconds: must be >= 0")
         if self.orphan_grace_seconds < 0:

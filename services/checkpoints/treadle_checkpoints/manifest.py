@@ -51,6 +51,14 @@ class Manifest:
         """Key of `entry`'s data object, relative to the checkpoint prefix."""
         return f"{self.generation}/{entry.name}"
 
+    def export_metadata(self) -> bytes:
+        """The `metadata.json` of the checkpoint's export archive: its info and file list."""
+        document = {
+            "checkpoint": json_format.MessageToDict(self.info, preserving_proto_field_name=True),
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
+        return json.dumps(document, indent=2).encode()
+
     def to_bytes(self) -> bytes:
         """The manifest's JSON form."""
         document = {

@@ -2,14 +2,17 @@
 
 Chunks of a file arrive in order and a file's final chunk sets `last`; each file's size and
 sha256 are computed as its bytes pass, so the manifest can be written without reading anything
-back. If the stream fails, the file in flight is abandoned and the finished ones are deleted.
+back. If the stream fails or the sender goes away, the file in flight is abandoned and the
+finished ones are deleted (shielded, so a cancelled Put still cleans up after itself).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from minio.commonconfig import Tags
 
@@ -32,8 +35,8 @@ async def receive_files(
     files: list[FileEntry] = []
     try:
         await _receive(store, requests, base, tags, files)
-    except OpError:
-        await discard(store, [base + f.name for f in files])
+    except (OpError, asyncio.CancelledError):
+        await asyncio.shield(discard(store, [base + f.name for f in files]))
         raise
     return files
 
@@ -82,6 +85,17 @@ async def _receive(
     finally:
         if upload is not None:
             upload.cancel()
+
+
+async def stop_when_refused(
+    requests: AsyncIterator[checkpoints_pb2.PutRequest], check: asyncio.Future[Any]
+) -> AsyncIterator[checkpoints_pb2.PutRequest]:
+    """The Put's messages, cut short by `check`'s error as soon as it has one (a save that is
+    refused while its data is still arriving stops at once)."""
+    async for request in requests:
+        if check.done() and not check.cancelled() and check.exception() is not None:
+            raise check.exception()  # type: ignore[misc]
+        yield request
 
 
 async def discard(store: S3Store, keys: list[str]) -> None:

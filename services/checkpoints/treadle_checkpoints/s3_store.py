@@ -4,7 +4,8 @@ Every minio call blocks, so each runs in a worker thread (asyncio.to_thread) and
 never waits on the network. Failures come back as OpError: a store that cannot be reached is
 UNAVAILABLE (retryable), any other S3 error INTERNAL; a missing object is `ObjectMissing`, which
 callers turn into their own answer. Large files stream through a bounded pipe into a multipart
-upload, so memory per upload is one part plus a few chunks, whatever the file size.
+upload, so memory per upload is `parallel_parts` + 1 parts plus a few chunks, whatever the file
+size.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import io
 import logging
 import queue
+import sys
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -73,6 +75,7 @@ class S3Store:
         timeout_seconds: float = 10.0,
         retries: int = 2,
         part_bytes: int = 16 << 20,
+        parallel_parts: int = 3,
         lifecycle_rules: bool = True,
     ) -> None:
         http = urllib3.PoolManager(
@@ -93,6 +96,7 @@ class S3Store:
         self.endpoint = endpoint
         self.bucket = bucket
         self.part_bytes = part_bytes
+        self.parallel_parts = parallel_parts
         self.lifecycle_rules = lifecycle_rules
         self._bootstrapped = False
         self._bootstrap_lock: asyncio.Lock | None = None
@@ -110,6 +114,7 @@ class S3Store:
             timeout_seconds=config.s3_timeout_seconds,
             retries=config.s3_retries,
             part_bytes=config.part_bytes,
+            parallel_parts=config.parallel_parts,
             lifecycle_rules=config.lifecycle_rules,
         )
 
@@ -199,16 +204,30 @@ class S3Store:
         """Start writing `key` from chunks as they arrive (see `Upload`)."""
         return Upload(self, key, tags)
 
-    async def stream(self, key: str, chunk_bytes: int) -> AsyncGenerator[bytes, None]:
-        """The object's bytes in pieces of `chunk_bytes`; ObjectMissing if there is none."""
+    async def stream(
+        self, key: str, chunk_bytes: int, digest: Any = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The object's bytes in pieces of `chunk_bytes`; ObjectMissing if there is none.
+
+        The next piece is read, and fed to `digest` (a hashlib object) when one is given, in a
+        worker thread while the caller handles the current one: reading, hashing and sending
+        overlap instead of taking turns.
+        """
         response = await self._run("get", self._client.get_object, self.bucket, key)
+
+        def read() -> bytes:
+            data: bytes = response.read(chunk_bytes)
+            if digest is not None:
+                digest.update(data)
+            return data
+
+        ahead = asyncio.ensure_future(self._run("get", read))
         try:
-            while True:
-                data = await self._run("get", response.read, chunk_bytes)
-                if not data:
-                    return
+            while data := await ahead:
+                ahead = asyncio.ensure_future(self._run("get", read))
                 yield data
         finally:
+            await asyncio.gather(ahead, return_exceptions=True)  # never close under a read
             response.close()
             response.release_conn()
 
@@ -259,8 +278,11 @@ class Upload:
     """One object written from chunks as they arrive.
 
     A worker thread runs minio's multipart upload reading from a queue; `write` hands it chunks
-    and waits when `_BUFFERED_CHUNKS` are pending, so a fast sender cannot fill memory. `cancel`
-    makes the thread give up (the partial multipart upload is aborted, nothing is stored).
+    and waits when `_BUFFERED_CHUNKS` are pending, so a fast sender cannot fill memory. minio
+    asks for a whole part per `read` and appends what it gets to what it has, so `read` gathers
+    the part first and returns it as one block (one copy, instead of one per chunk received).
+    Parts go up `parallel_parts` at a time. `cancel` makes the thread give up (the partial
+    multipart upload is aborted, nothing is stored).
     """
 
     def __init__(self, store: S3Store, key: str, tags: Tags | None) -> None:
@@ -271,6 +293,7 @@ class Upload:
         self._chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
         self._space = asyncio.Semaphore(_BUFFERED_CHUNKS)
         self._pending = memoryview(b"")
+        self._ended = False
         self._task: asyncio.Task[Any] | None = None
         self._closed = False
 
@@ -285,7 +308,7 @@ class Upload:
                     self,
                     -1,
                     part_size=self._store.part_bytes,
-                    num_parallel_uploads=1,
+                    num_parallel_uploads=self._store.parallel_parts,
                     tags=self._tags,
                 )
             )
@@ -294,12 +317,17 @@ class Upload:
     async def write(self, data: bytes) -> None:
         """Queue `data`; raises the upload's error if it has already failed."""
         task = self._start()
-        acquire = asyncio.ensure_future(self._space.acquire())
-        await asyncio.wait({acquire, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not acquire.done():
-            acquire.cancel()
-            await task  # raises why the upload stopped
-            raise OpError(grpc.StatusCode.INTERNAL, f"upload of {self.key} ended early")
+        if self._space.locked():  # full: wait for room, or for the upload to stop
+            acquire = asyncio.ensure_future(self._space.acquire())
+            await asyncio.wait({acquire, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not acquire.done():
+                acquire.cancel()
+                await task  # raises why the upload stopped
+                raise OpError(grpc.StatusCode.INTERNAL, f"upload of {self.key} ended early")
+        else:
+            await self._space.acquire()
+        if task.done():
+            await task  # failed early: say why instead of queueing into nothing
         self._chunks.put(data)
 
     async def finish(self) -> None:
@@ -317,20 +345,30 @@ class Upload:
         if self._task is not None:
             self._task.add_done_callback(_consume_exception)
 
+    def _next_chunk(self) -> bool:
+        """Move the next queued chunk into `_pending`; False at the end of the data."""
+        if self._ended:
+            return False
+        item = self._chunks.get()
+        if item is None:
+            self._ended = True
+            return False
+        if isinstance(item, BaseException):
+            raise item
+        self._pending = memoryview(item)
+        self._loop.call_soon_threadsafe(self._space.release)
+        return True
+
     def read(self, size: int = -1) -> bytes:
-        """File-like read for minio (worker thread): up to `size` bytes, b"" at the end."""
-        if not self._pending:
-            item = self._chunks.get()
-            if item is None:
-                self._chunks.put(None)  # stay at the end for further reads
-                return b""
-            if isinstance(item, BaseException):
-                raise item
-            self._pending = memoryview(item)
-            self._loop.call_soon_threadsafe(self._space.release)
-        size = len(self._pending) if size < 0 else size
-        out, self._pending = self._pending[:size], self._pending[size:]
-        return bytes(out)
+        """File-like read for minio (worker thread): `size` bytes, fewer only at the end."""
+        pieces: list[memoryview] = []
+        wanted = size if size >= 0 else sys.maxsize
+        while wanted > 0 and (self._pending or self._next_chunk()):
+            piece = self._pending[:wanted]
+            self._pending = self._pending[len(piece) :]
+            pieces.append(piece)
+            wanted -= len(piece)
+        return b"".join(pieces)
 
 
 def _consume_exception(task: asyncio.Task[Any]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -20,14 +19,13 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
 
 from treadle.paths import CheckpointPath, parse_path, valid_name
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_checkpoints import layout, lifecycle, listing, metrics, tar_stream
 from treadle_checkpoints.config import CheckpointsConfig
 from treadle_checkpoints.manifest import FileEntry, Manifest, checkpoint_digest
-from treadle_checkpoints.receive import discard, receive_files
+from treadle_checkpoints.receive import discard, receive_files, stop_when_refused
 from treadle_checkpoints.s3_store import ObjectMissing, S3Store
 from treadle_runtime.errors import OpError, invalid
 
@@ -159,24 +157,22 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         path = self._check_info(header.info)
         ttl = _ttl(header)
         await self._ready()
-        try:
-            previous = await self._manifest(tenant, path)
-        except OpError as exc:  # an unreadable manifest may only be replaced on purpose
-            if exc.code != grpc.StatusCode.DATA_LOSS or not header.overwrite:
-                raise
-            previous = None
-        if previous is not None and not previous.expired() and not header.overwrite:
-            raise OpError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"path: checkpoint {path} already exists (set overwrite to replace it)",
-                "path",
-            )
+        # The existence check runs while the data arrives; a refusal cuts the upload short.
+        check = asyncio.ensure_future(self._replaceable(tenant, path, header.overwrite))
         prefix = layout.checkpoint_prefix(tenant, path)
         generation = layout.new_generation()
         tags = lifecycle.object_tags(lifecycle.expire_days(created_at=0.0, expires_at=ttl))
         base = prefix + generation + "/"
-        files = await receive_files(self.store, request_iterator, base, tags)
         try:
+            files = await receive_files(
+                self.store, stop_when_refused(request_iterator, check), base, tags
+            )
+        except BaseException:
+            check.cancel()
+            await asyncio.gather(check, return_exceptions=True)
+            raise
+        try:
+            previous = await check
             info = common_pb2.CheckpointInfo()
             info.CopyFrom(header.info)
             info.path, info.run_id, info.name = str(path), path.run_id, path.name
@@ -196,6 +192,25 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         metrics.SAVE_SECONDS.observe(time.monotonic() - started)
         log.info("saved", extra={"path": info.path, "tenant": tenant, "bytes": info.size_bytes})
         return info
+
+    async def _replaceable(
+        self, tenant: str, path: CheckpointPath, overwrite: bool
+    ) -> Manifest | None:
+        """The manifest a Put of `path` replaces (None when there is none); ALREADY_EXISTS when
+        a live checkpoint is there and `overwrite` is not set."""
+        try:
+            previous = await self._manifest(tenant, path)
+        except OpError as exc:  # an unreadable manifest may only be replaced on purpose
+            if exc.code != grpc.StatusCode.DATA_LOSS or not overwrite:
+                raise
+            return None
+        if previous is not None and not previous.expired() and not overwrite:
+            raise OpError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"path: checkpoint {path} already exists (set overwrite to replace it)",
+                "path",
+            )
+        return previous
 
     def _check_info(self, info: common_pb2.CheckpointInfo) -> CheckpointPath:
         path = _path(info.path, "info.path")
@@ -219,9 +234,9 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         key = layout.checkpoint_prefix(tenant, path) + manifest.object_name(entry)
         digest, size, held = hashlib.sha256(), 0, None
         try:
-            async with aclosing(self.store.stream(key, self.config.chunk_bytes)) as pieces:
+            stream = self.store.stream(key, self.config.chunk_bytes, digest)
+            async with aclosing(stream) as pieces:
                 async for piece in pieces:
-                    digest.update(piece)
                     size += len(piece)
                     if held is not None:
                         yield held, False
@@ -276,17 +291,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         await self._ready()
         manifest = await self._visible(tenant, path, request.path)
         mtime = manifest.info.created_at
-        metadata = json.dumps(
-            {
-                "checkpoint": json_format.MessageToDict(
-                    manifest.info, preserving_proto_field_name=True
-                ),
-                "files": [
-                    {"name": f.name, "size": f.size, "sha256": f.sha256} for f in manifest.files
-                ],
-            },
-            indent=2,
-        ).encode()
+        metadata = manifest.export_metadata()
         members = [("metadata.json", len(metadata))] + [(f.name, f.size) for f in manifest.files]
         total = tar_stream.archive_size(members, mtime)
         head = tar_stream.member_header("metadata.json", len(metadata), mtime)
