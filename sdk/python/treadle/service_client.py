@@ -75,10 +75,12 @@ class ServiceClient:
             loss_fns=list(caps.loss_fns),
         )
 
-    def _create(self, request: scheduler_pb2.CreateModelRequest) -> TrainingClient:
+    def _create(
+        self, request: scheduler_pb2.CreateModelRequest, renderer_name: str = ""
+    ) -> TrainingClient:
         request.session_id = self.session_id
         created = self.connection.unary("CreateModel", request).result()
-        return TrainingClient(self, created.model_id, created.info.base_model)
+        return TrainingClient(self, created.model_id, created.info.base_model, renderer_name)
 
     def create_lora_training_client(
         self,
@@ -90,7 +92,10 @@ class ServiceClient:
         train_unembed: bool = True,
         user_metadata: dict[str, str] | None = None,
     ) -> TrainingClient:
-        """A new LoRA training model on `base_model`."""
+        """A new LoRA training model on `base_model`.
+
+        `user_metadata["renderer_name"]` is recorded in the model's checkpoints.
+        """
         if rank <= 0:
             raise ValidationError(f"rank: must be > 0, got {rank}")
         lora = LoraConfig(
@@ -101,7 +106,7 @@ class ServiceClient:
         )
         if seed is not None:
             request.seed = seed
-        return self._create(request)
+        return self._create(request, (user_metadata or {}).get("renderer_name", ""))
 
     def create_training_client_from_state(self, path: str) -> TrainingClient:
         """A new training model with the weights of a state checkpoint (fresh optimizer)."""

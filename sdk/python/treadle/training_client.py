@@ -39,10 +39,14 @@ CustomLossFn = Callable[[list[Datum], list[Any]], tuple[Any, dict[str, float]]]
 class TrainingClient:
     """A training model on the service (a LoRA adapter on a base model)."""
 
-    def __init__(self, service: ServiceClient, model_id: str, base_model: str) -> None:
+    def __init__(
+        self, service: ServiceClient, model_id: str, base_model: str, renderer_name: str = ""
+    ) -> None:
         self.service = service
         self.model_id = model_id
         self.base_model = base_model
+        # recorded in every checkpoint's metadata, so later sampling reuses the chat template
+        self.renderer_name = renderer_name
         self._next_seq = 1
         self._lock = threading.Lock()
 
@@ -179,7 +183,12 @@ class TrainingClient:
     ) -> concurrent.futures.Future[Any]:
         if ttl_seconds is not None and ttl_seconds < 0:
             raise ValidationError(f"ttl_seconds: must be >= 0, got {ttl_seconds}")
-        request = common_pb2.SaveCheckpointRequest(name=name, kind=kind, ephemeral=ephemeral)  # type: ignore[arg-type]
+        request = common_pb2.SaveCheckpointRequest(
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            ephemeral=ephemeral,
+            renderer_name=self.renderer_name,
+        )
         if ttl_seconds is not None:
             request.ttl_seconds = ttl_seconds
         return self._submit(self._reserve(), lambda s: s.save_checkpoint.CopyFrom(request))
