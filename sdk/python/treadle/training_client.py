@@ -179,7 +179,12 @@ class TrainingClient:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(
-        self, name: str, kind: int, ttl_seconds: int | None, ephemeral: bool = False
+        self,
+        name: str,
+        kind: int,
+        ttl_seconds: int | None,
+        ephemeral: bool = False,
+        renderer_name: str | None = None,
     ) -> concurrent.futures.Future[Any]:
         if ttl_seconds is not None and ttl_seconds < 0:
             raise ValidationError(f"ttl_seconds: must be >= 0, got {ttl_seconds}")
@@ -187,33 +192,37 @@ class TrainingClient:
             name=name,
             kind=kind,  # type: ignore[arg-type]
             ephemeral=ephemeral,
-            renderer_name=self.renderer_name,
+            renderer_name=self.renderer_name if renderer_name is None else renderer_name,
         )
         if ttl_seconds is not None:
             request.ttl_seconds = ttl_seconds
         return self._submit(self._reserve(), lambda s: s.save_checkpoint.CopyFrom(request))
 
     def save_state(
-        self, name: str = "", ttl_seconds: int | None = None
+        self, name: str = "", ttl_seconds: int | None = None, renderer_name: str | None = None
     ) -> APIFuture[SaveWeightsResponse]:
         """Save weights + optimizer state (resumable) as treadle://{model_id}/weights/{name}."""
-        future = self._save(name, common_pb2.CHECKPOINT_KIND_STATE, ttl_seconds)
+        future = self._save(
+            name, common_pb2.CHECKPOINT_KIND_STATE, ttl_seconds, False, renderer_name
+        )
         return APIFuture(future, lambda r: SaveWeightsResponse(r.save_checkpoint.checkpoint.path))
 
     def save_weights_for_sampler(
-        self, name: str = "", ttl_seconds: int | None = None
+        self, name: str = "", ttl_seconds: int | None = None, renderer_name: str | None = None
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Save the adapter as a PEFT adapter for sampling and serving."""
-        future = self._save(name, common_pb2.CHECKPOINT_KIND_SAMPLER, ttl_seconds)
+        kind = common_pb2.CHECKPOINT_KIND_SAMPLER
+        future = self._save(name, kind, ttl_seconds, False, renderer_name)
         return APIFuture(
             future, lambda r: SaveWeightsForSamplerResponse(r.save_checkpoint.checkpoint.path)
         )
 
-    def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
+    def save_weights_and_get_sampling_client(
+        self, name: str | None = None, renderer_name: str | None = None
+    ) -> SamplingClient:
         """Save weights for sampling (ephemeral unless named); a client bound to them."""
-        future = self._save(
-            name or "", common_pb2.CHECKPOINT_KIND_SAMPLER, None, ephemeral=not name
-        )
+        kind = common_pb2.CHECKPOINT_KIND_SAMPLER
+        future = self._save(name or "", kind, None, not name, renderer_name)
         path = future.result().save_checkpoint.checkpoint.path
         return self.service.create_sampling_client(model_path=path, base_model=self.base_model)
 

@@ -1,0 +1,68 @@
+"""Runnable recipes (`python -m treadle_cookbook.recipes.<name> --help`) and what their command
+lines share: how to reach a mesh. `--base-url` / `--api-key` default to TREADLE_BASE_URL /
+TREADLE_API_KEY (TINKER_* are read too); `--local` starts a whole local mesh for the run instead
+and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import treadle
+
+DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _env(*names: str) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+def add_service_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which mesh a recipe talks to."""
+    group = parser.add_argument_group("service")
+    group.add_argument(
+        "--base-url",
+        default=_env("TREADLE_BASE_URL", "TINKER_BASE_URL"),
+        help="scheduler address host:port (default: $TREADLE_BASE_URL)",
+    )
+    group.add_argument(
+        "--api-key",
+        default=_env("TREADLE_API_KEY", "TINKER_API_KEY"),
+        help="API key (default: $TREADLE_API_KEY)",
+    )
+    group.add_argument(
+        "--local",
+        action="store_true",
+        help="start a local mesh serving the base model for this run, and stop it afterwards",
+    )
+    group.add_argument(
+        "--local-data-dir",
+        default=None,
+        help="state and logs of the --local mesh (default: a temporary directory)",
+    )
+
+
+@contextmanager
+def connect(args: argparse.Namespace, base_model: str) -> Iterator[treadle.ServiceClient]:
+    """A ServiceClient for the mesh the flags name, started here with `--local`."""
+    if args.local:
+        from treadle_runtime.launcher import LocalMesh, UpConfig
+
+        with tempfile.TemporaryDirectory(prefix="treadle-local-") as scratch:
+            config = UpConfig(
+                base_model=base_model, port=0, data_dir=args.local_data_dir or scratch
+            )
+            print(f"starting a local mesh for {base_model} ...", flush=True)
+            with LocalMesh(config) as mesh:
+                print(f"local mesh at {mesh.endpoint}", flush=True)
+                with treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key) as client:
+                    yield client
+        return
+    if not args.base_url:
+        raise SystemExit("no mesh: pass --base-url (or set TREADLE_BASE_URL), or --local")
+    with treadle.ServiceClient(base_url=args.base_url, api_key=args.api_key) as client:
+        yield client
