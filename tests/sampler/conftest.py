@@ -5,6 +5,7 @@ checkpoints server over the session's SeaweedFS, and fetched by the sampler by p
 here is what a trainer would save: a PeftModel over the same base whose LoRA B
 matrices hold small random values (so it differs from the base), saved with peft's
 save_pretrained; the PeftModel itself stays as the reference its logprobs are checked against.
+Engine-level tests load it from `folder`, the PEFT folder the sampler's adapter cache would write.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from treadle_checkpoints.config import CheckpointsConfig
 from treadle_models import LoraSpec, load_model, peft_lora_config, target_logprobs
 from treadle_runtime.checkpoint_client import CheckpointClient
 from treadle_sampler.config import SamplerConfig
+from treadle_sampler.engine import SamplingEngine
+from treadle_sampler.local_adapters import write_peft_folder
 from treadle_sampler.service import build
 from treadle_sampler.torch_engine import TorchEngine
 
@@ -49,10 +52,11 @@ class Adapter:
     spec: LoraSpec
     files: dict[str, bytes]
     model: PeftModel
+    folder: Path  # the files as the adapter cache writes them for an engine
 
 
-def make_adapter(seed: int, spec: LoraSpec, *, scale: float = 0.2) -> Adapter:
-    """A LoRA adapter on tiny-llama with random B matrices, as peft saves it."""
+def make_adapter(seed: int, spec: LoraSpec, root: Path, *, scale: float = 0.2) -> Adapter:
+    """A LoRA adapter on tiny-llama with random B matrices, as peft saves it (folder in root)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = get_peft_model(load_model(TINY), peft_lora_config(spec))
@@ -64,7 +68,7 @@ def make_adapter(seed: int, spec: LoraSpec, *, scale: float = 0.2) -> Adapter:
         with tempfile.TemporaryDirectory() as folder:
             model.save_pretrained(folder, save_embedding_layers=False)
             files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
-    return Adapter(spec, files, model)
+    return Adapter(spec, files, model, write_peft_folder(files, root / f"adapter-{seed}"))
 
 
 def reference_logprobs(
@@ -97,15 +101,21 @@ def base_model() -> PreTrainedModel:
 
 
 @pytest.fixture(scope="session")
-def adapter_a() -> Adapter:
-    """Rank 8 on attention, MLP and unembedding."""
-    return make_adapter(1, LoraSpec(rank=8))
+def adapter_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where test adapters' PEFT folders are written."""
+    return tmp_path_factory.mktemp("adapters")
 
 
 @pytest.fixture(scope="session")
-def adapter_b() -> Adapter:
+def adapter_a(adapter_root: Path) -> Adapter:
+    """Rank 8 on attention, MLP and unembedding."""
+    return make_adapter(1, LoraSpec(rank=8), adapter_root)
+
+
+@pytest.fixture(scope="session")
+def adapter_b(adapter_root: Path) -> Adapter:
     """Rank 4 on attention and MLP only."""
-    return make_adapter(2, LoraSpec(rank=4, train_unembed=False))
+    return make_adapter(2, LoraSpec(rank=4, train_unembed=False), adapter_root)
 
 
 @pytest.fixture(scope="session")
@@ -160,13 +170,13 @@ def publish(
 
 @contextmanager
 def sampler_server(
-    engine: TorchEngine, checkpoints: str, **overrides: Any
+    engine: SamplingEngine, checkpoints: str, **overrides: Any
 ) -> Iterator[sampler_pb2_grpc.SamplerStub]:
     """A real sampler server on `engine`, fetching adapters from `checkpoints`; yields a stub."""
     config = dataclasses.replace(
         SamplerConfig(checkpoints=checkpoints, max_num_samples=8), **overrides
     )
-    setup, _ = build(config, engine=engine)
-    with running_server(setup, service="sampler", config=config) as address:
+    setup, shutdown = build(config, engine=engine)
+    with running_server(setup, service="sampler", config=config, on_shutdown=shutdown) as address:
         with grpc.insecure_channel(address) as channel:
             yield sampler_pb2_grpc.SamplerStub(channel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,9 +28,9 @@ PROMPT = [11, 12, 13, 14, 15, 16]
 
 
 @pytest.fixture(scope="module")
-def third() -> Adapter:
+def third(adapter_root: Path) -> Adapter:
     """One more adapter, rank 2 on attention only."""
-    return make_adapter(5, LoraSpec(rank=2, train_mlp=False, train_unembed=False))
+    return make_adapter(5, LoraSpec(rank=2, train_mlp=False, train_unembed=False), adapter_root)
 
 
 def loads() -> float:
@@ -74,19 +75,30 @@ def two_slots(engine: TorchEngine, checkpoints: str) -> Iterator[sampler_pb2_grp
         yield running
 
 
-def test_the_least_recently_used_adapter_is_evicted_and_reloads_unchanged(
-    two_slots: sampler_pb2_grpc.SamplerStub, tenant: str, paths: list[str]
+def folders(parent: Path) -> list[Path]:
+    """The PEFT folders a sampler with adapter_dir=parent keeps for its loaded adapters."""
+    return [p for p in parent.glob("*/*") if (p / "adapter_config.json").exists()]
+
+
+def test_the_least_recently_used_adapter_is_evicted_cleanly_and_reloads_unchanged(
+    engine: TorchEngine, checkpoints: str, tenant: str, paths: list[str], tmp_path: Path
 ) -> None:
-    before = loads()
-    first = sample(two_slots, tenant, paths[0], seed=3)
-    sample(two_slots, tenant, paths[1])
-    sample(two_slots, tenant, paths[0])  # A is now more recent than B
-    sample(two_slots, tenant, paths[2])
-    assert cached(two_slots) == [paths[0], paths[2]]
-    sample(two_slots, tenant, paths[1])
-    assert cached(two_slots) == [paths[2], paths[1]]
-    assert sample(two_slots, tenant, paths[0], seed=3).tokens == first.tokens
-    assert loads() - before == 5  # A, B, C, B again, A again
+    params = sum(p.numel() for p in engine.model.parameters())
+    with sampler_server(engine, checkpoints, max_adapters=2, adapter_dir=str(tmp_path)) as stub:
+        before = loads()
+        first = sample(stub, tenant, paths[0], seed=3)
+        sample(stub, tenant, paths[1])
+        sample(stub, tenant, paths[0])  # A is now more recent than B
+        sample(stub, tenant, paths[2])
+        assert cached(stub) == [paths[0], paths[2]]
+        assert len(folders(tmp_path)) == 2  # B's local copy went with it
+        sample(stub, tenant, paths[1])
+        assert cached(stub) == [paths[2], paths[1]]
+        assert sample(stub, tenant, paths[0], seed=3).tokens == first.tokens
+        assert loads() - before == 5  # A, B, C, B again, A again
+        assert len(folders(tmp_path)) == 2
+    assert list(tmp_path.iterdir()) == []  # shutdown unloads the rest and deletes the files
+    assert sum(p.numel() for p in engine.model.parameters()) == params  # no LoRA weights left
 
 
 def test_concurrent_requests_for_a_new_adapter_fetch_it_once(

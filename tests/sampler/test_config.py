@@ -15,6 +15,14 @@ def test_flags_override_environment_override_defaults() -> None:
     assert (config.engine, config.checkpoints, config.max_num_samples) == ("torch", "", 64)
 
 
+def test_the_sglang_engine_is_configured_like_every_other_field() -> None:
+    env = {"TREADLE_SAMPLER_ENGINE": "sglang", "TREADLE_SAMPLER_SGLANG_URL": "http://gpu:30000"}
+    argv = ["--sglang-max-loras-per-batch", "4", "--adapter-dir", "/shared/adapters"]
+    config = load_config(SamplerConfig, argv, env, service="sampler")
+    assert (config.engine, config.sglang_url) == ("sglang", "http://gpu:30000")
+    assert (config.sglang_max_loras_per_batch, config.adapter_dir) == (4, "/shared/adapters")
+
+
 @pytest.mark.parametrize(
     ("argv", "field"),
     [
@@ -24,6 +32,10 @@ def test_flags_override_environment_override_defaults() -> None:
         (["--max-adapters", "0"], "max_adapters"),
         (["--max-num-samples", "0"], "max_num_samples"),
         (["--max-batch-size", "-1"], "max_batch_size"),
+        (["--sglang-url", "localhost:30000"], "sglang_url"),
+        (["--sglang-port", "70000"], "sglang_port"),
+        (["--sglang-max-lora-rank", "0"], "sglang_max_lora_rank"),
+        (["--sglang-timeout-seconds", "0"], "sglang_timeout_seconds"),
     ],
 )
 def test_unusable_values_are_refused_naming_the_field(argv: list[str], field: str) -> None:

@@ -1,8 +1,10 @@
-"""The torch engine on tiny-llama: cross-request batching, adapter isolation, cancellation."""
+"""The torch engine on tiny-llama: cross-request batching over many adapters, adapter isolation,
+clean eviction, cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -14,6 +16,7 @@ from safetensors.torch import load, save
 from sampler.conftest import Adapter, make_adapter, reference_logprobs, run
 from treadle_models import LoraSpec
 from treadle_sampler.engine import Completion, SamplingOptions
+from treadle_sampler.local_adapters import write_peft_folder
 from treadle_sampler.torch_engine import TorchEngine
 
 
@@ -29,27 +32,42 @@ def decode_steps() -> float:
     return REGISTRY.get_sample_value("treadle_sampler_batch_size_count") or 0.0
 
 
-def test_concurrent_requests_share_decode_steps_and_match_solo_runs(
-    engine: TorchEngine, adapter_a: Adapter, adapter_b: Adapter
+@pytest.fixture(scope="module")
+def four(adapter_root: Path, adapter_a: Adapter, adapter_b: Adapter) -> dict[str, Adapter]:
+    """Four different adapters by key: two shared ones and two more (rank 16, rank 2 MLP-only)."""
+    return {
+        "a": adapter_a,
+        "b": adapter_b,
+        "c": make_adapter(11, LoraSpec(rank=16), adapter_root),
+        "d": make_adapter(12, LoraSpec(rank=2, train_attn=False), adapter_root),
+    }
+
+
+def test_eight_concurrent_requests_on_four_adapters_share_steps_and_match_solo_runs(
+    engine: TorchEngine, four: dict[str, Adapter]
 ) -> None:
     requests = [
         ("a", list(range(100, 131)), 3, SamplingOptions(max_tokens=12, seed=5)),
         ("b", [7, 8, 9], 2, SamplingOptions(max_tokens=12, seed=9, top_k=50)),
-        (None, list(range(300, 310)), 1, SamplingOptions(max_tokens=12, temperature=0)),
-        ("a", [42] * 17, 2, SamplingOptions(max_tokens=12, seed=1, temperature=0.7, top_p=0.9)),
+        ("c", list(range(300, 310)), 1, SamplingOptions(max_tokens=12, temperature=0)),
+        ("d", [42] * 17, 2, SamplingOptions(max_tokens=12, seed=1, temperature=0.7, top_p=0.9)),
+        ("a", [5, 6], 1, SamplingOptions(max_tokens=12, seed=2)),
+        ("c", list(range(900, 940)), 2, SamplingOptions(max_tokens=12, seed=3)),
+        ("d", [11, 12, 13, 14], 1, SamplingOptions(max_tokens=12, seed=4)),
+        (None, list(range(20, 28)), 2, SamplingOptions(max_tokens=12, seed=6)),
     ]
 
     async def scenario() -> tuple[list[list[Completion]], list[list[Completion]], float]:
-        await engine.load_adapter("a", adapter_a.files)
-        await engine.load_adapter("b", adapter_b.files)
+        for key, adapter in four.items():
+            await engine.load_adapter(key, adapter.folder)
         try:
             before = decode_steps()
             together = await asyncio.gather(*(collect(engine, *r) for r in requests))
             steps = decode_steps() - before
             alone = [await collect(engine, *r) for r in requests]
         finally:
-            await engine.evict("a")
-            await engine.evict("b")
+            for key in four:
+                await engine.evict(key)
         return together, alone, steps
 
     together, alone, steps = run(scenario())
@@ -59,19 +77,34 @@ def test_concurrent_requests_share_decode_steps_and_match_solo_runs(
             assert x.tokens == y.tokens
             assert x.stop_reason == y.stop_reason == "length"
             assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
-    references = {"a": adapter_a.model, "b": adapter_b.model}
-    for (name, prompt, _, options), completions in zip(requests, together, strict=True):
-        if name is None or options.temperature != 1.0:
+    for (key, prompt, _, options), completions in zip(requests, together, strict=True):
+        if key is None or options.temperature != 1.0:
             continue
         for completion in completions:
-            expected = reference_logprobs(references[name], prompt, completion.tokens)
+            expected = reference_logprobs(four[key].model, prompt, completion.tokens)
             assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-4)
 
 
+def test_num_samples_share_one_prefill_of_the_prompt(engine: TorchEngine) -> None:
+    shapes: list[tuple[int, ...]] = []
+    embed = engine.model.get_input_embeddings()
+    hook = embed.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    try:
+        prompt = list(range(400, 420))
+        options = SamplingOptions(max_tokens=5, seed=3, stop_token_ids=())
+        completions = run(collect(engine, None, prompt, 4, options))
+    finally:
+        hook.remove()
+    assert len(completions) == 4 and len({tuple(c.tokens) for c in completions}) == 4
+    assert shapes[0] == (1, 20)  # the prompt once, not once per sample
+    assert all(shape[1] == 1 for shape in shapes[1:])  # then decode steps only
+    assert max(shape[0] for shape in shapes[1:]) == 4  # the four samples decode together
+
+
 def test_adapter_files_cannot_change_the_shared_base_model(
-    engine: TorchEngine, base_model: torch.nn.Module
+    engine: TorchEngine, base_model: torch.nn.Module, tmp_path: Path
 ) -> None:
-    adapter = make_adapter(3, LoraSpec(rank=4))
+    adapter = make_adapter(3, LoraSpec(rank=4), tmp_path)
     # peft's save_embedding_layers puts the tied base embedding into the file; make it wrong
     with TemporaryDirectory() as folder:
         adapter.model.save_pretrained(folder, save_embedding_layers=True)
@@ -79,10 +112,13 @@ def test_adapter_files_cannot_change_the_shared_base_model(
     assert any("base_layer" in key for key in tensors)
     tensors = {k: v + 1.0 if "base_layer" in k else v for k, v in tensors.items()}
     files = {**adapter.files, "adapter_model.safetensors": save(tensors)}
+    folder = write_peft_folder(files, tmp_path / "tampered")
+    written = load((folder / "adapter_model.safetensors").read_bytes())
+    assert written and not any("base_layer" in key for key in written)
     prompt = list(range(10, 30))
 
     async def scenario() -> tuple[list[float], list[float]]:
-        await engine.load_adapter("tampered", files)
+        await engine.load_adapter("tampered", folder)
         try:
             base = await engine.compute_logprobs(None, prompt)
             adapted = await engine.compute_logprobs("tampered", prompt)
@@ -103,8 +139,8 @@ def test_evicting_one_adapter_leaves_the_others(
     prompt = list(range(50, 70))
 
     async def scenario() -> list[float]:
-        await engine.load_adapter("first", adapter_a.files)
-        await engine.load_adapter("second", adapter_b.files)
+        await engine.load_adapter("first", adapter_a.folder)
+        await engine.load_adapter("second", adapter_b.folder)
         await engine.evict("first")
         try:
             with pytest.raises(KeyError):
@@ -133,13 +169,19 @@ def test_a_request_whose_caller_goes_away_stops_generating(engine: TorchEngine) 
 
 
 def test_bad_adapter_files_are_refused_and_the_engine_keeps_serving(
-    engine: TorchEngine, adapter_a: Adapter
+    engine: TorchEngine, adapter_a: Adapter, tmp_path: Path
 ) -> None:
+    with pytest.raises(ValueError, match=r"adapter_config\.json"):
+        write_peft_folder({"adapter_model.safetensors": b"123"}, tmp_path / "x")
+    with pytest.raises(ValueError, match="not a PEFT adapter"):
+        write_peft_folder({**adapter_a.files, "adapter_model.safetensors": b"1"}, tmp_path / "x")
+    config = json.loads(adapter_a.files["adapter_config.json"])
+    wrong = {**adapter_a.files, "adapter_config.json": json.dumps({**config, "r": 3}).encode()}
+    folder = write_peft_folder(wrong, tmp_path / "wrong-rank")
+
     async def scenario() -> list[float]:
-        with pytest.raises(ValueError, match=r"adapter_config\.json"):
-            await engine.load_adapter("x", {"adapter_model.safetensors": b"123"})
-        with pytest.raises(ValueError, match="not a PEFT adapter"):
-            await engine.load_adapter("x", {**adapter_a.files, "adapter_model.safetensors": b"1"})
+        with pytest.raises(ValueError, match="not an adapter of this base model"):
+            await engine.load_adapter("x", folder)
         return await engine.compute_logprobs(None, [1, 2, 3])
 
     assert len(run(scenario())) == 2

@@ -1,11 +1,13 @@
 """The LRU cache of loaded adapters, keyed by (tenant, sampler checkpoint path).
 
 An adapter is fetched from the checkpoints service on first use (`source.get(tenant, path)`,
-which is `CheckpointClient.get`), checked against the served base model, and loaded into the
-engine under a fresh key. A request pins its adapter for as long as it runs; when more than
-`capacity` adapters are loaded, the least recently used unpinned ones are evicted (while every
-one is pinned the cache briefly holds more). Concurrent requests for an adapter that is not yet
-loaded share one fetch. Checkpoints are immutable, so a loaded adapter never goes stale.
+which is `CheckpointClient.get`), checked against the served base model, written to local disk as
+a PEFT folder (`local_adapters.py`) and loaded by the engine from there, under a fresh key. A
+request pins its adapter for as long as it runs; when more than `capacity` adapters are loaded,
+the least recently used unpinned ones are evicted from the engine and their folders deleted
+(while every one is pinned the cache briefly holds more). Concurrent requests for an adapter that
+is not yet loaded share one fetch. Checkpoints are immutable, so a loaded adapter never goes
+stale.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from treadle.v1 import common_pb2
 from treadle_runtime.errors import OpError, invalid
 from treadle_sampler import metrics
 from treadle_sampler.engine import SamplingEngine
+from treadle_sampler.local_adapters import AdapterFolders
 
 _keys = itertools.count()  # engine keys, unique even when caches share an engine
 
@@ -49,10 +52,17 @@ class _Entry:
 class AdapterCache:
     """Loads adapters into an engine on demand and evicts the least recently used."""
 
-    def __init__(self, engine: SamplingEngine, source: AdapterSource | None, capacity: int) -> None:
+    def __init__(
+        self,
+        engine: SamplingEngine,
+        source: AdapterSource | None,
+        capacity: int,
+        folders: AdapterFolders,
+    ) -> None:
         self.engine = engine
         self.source = source
         self.capacity = capacity
+        self.folders = folders
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -122,13 +132,24 @@ class AdapterCache:
             raise invalid("model_path", message)
         key = f"adapter{next(_keys)}"
         try:
-            await self.engine.load_adapter(key, files)
+            folder = await asyncio.to_thread(self.folders.write, key, files)
+            await self.engine.load_adapter(key, folder)
         except ValueError as exc:
+            self.folders.remove(key)
             raise invalid("model_path", f"{path}: {exc}") from None
+        except BaseException:
+            self.folders.remove(key)
+            raise
         self._entries[ident] = _Entry(key, path)
         metrics.ADAPTER_LOADS.inc()
         metrics.ADAPTER_LOAD_SECONDS.observe(time.perf_counter() - started)
         metrics.ADAPTERS_LOADED.set(len(self._entries))
+
+    async def close(self) -> None:
+        """Evict every adapter no request is using, and delete the local folders."""
+        self.capacity = 0
+        await self._shrink()
+        self.folders.close()
 
     async def _shrink(self) -> None:
         while len(self._entries) > self.capacity:
@@ -138,4 +159,7 @@ class AdapterCache:
             entry = self._entries.pop(victim)
             metrics.ADAPTER_EVICTIONS.inc()
             metrics.ADAPTERS_LOADED.set(len(self._entries))
-            await self.engine.evict(entry.key)
+            try:
+                await self.engine.evict(entry.key)
+            finally:
+                self.folders.remove(entry.key)

@@ -1,4 +1,8 @@
-"""The sampler's configuration: which base model, which engine, and how much to cache and batch."""
+"""The sampler's configuration: which base model, which engine, and how much to cache and batch.
+
+The `sglang_*` fields matter only with `engine=sglang`: attach to the server at `sglang_url`, or,
+when it is empty, launch `python -m sglang.launch_server` on `sglang_port` (GPU machines).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass, field
 
 from treadle_runtime.server import ServerConfig
 
-ENGINES = ("torch",)
+ENGINES = ("torch", "sglang")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -21,7 +25,7 @@ class SamplerConfig(ServerConfig):
     checkpoints: str = field(
         default="", metadata={"help": "checkpoints service host:port (empty: base model only)"}
     )
-    engine: str = field(default="torch", metadata={"help": "sampling engine: torch"})
+    engine: str = field(default="torch", metadata={"help": "sampling engine: torch or sglang"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu or cuda"})
     dtype: str = field(
         default="auto", metadata={"help": "auto (float32 on cpu, bfloat16 on cuda) or a dtype"}
@@ -29,7 +33,28 @@ class SamplerConfig(ServerConfig):
     max_adapters: int = field(default=16, metadata={"help": "adapters kept loaded (LRU)"})
     max_num_samples: int = field(default=64, metadata={"help": "largest num_samples accepted"})
     max_batch_size: int = field(
-        default=64, metadata={"help": "sequences decoded together in one step"}
+        default=64,
+        metadata={"help": "sequences decoded together (sglang: requests in flight to SGLang)"},
+    )
+    adapter_dir: str = field(
+        default="",
+        metadata={"help": "folder for loaded adapters' PEFT files (empty: a temporary folder)"},
+    )
+    sglang_url: str = field(
+        default="", metadata={"help": "SGLang server to attach to (empty: launch one)"}
+    )
+    sglang_port: int = field(default=0, metadata={"help": "port of a launched SGLang server"})
+    sglang_max_loras_per_batch: int = field(
+        default=8, metadata={"help": "SGLang --max-loras-per-batch of a launched server"}
+    )
+    sglang_max_lora_rank: int = field(
+        default=64, metadata={"help": "SGLang --max-lora-rank of a launched server"}
+    )
+    sglang_args: str = field(
+        default="", metadata={"help": "extra flags for a launched SGLang server"}
+    )
+    sglang_timeout_seconds: float = field(
+        default=600.0, metadata={"help": "SGLang start-up and per-request time limit"}
     )
 
     def validate(self) -> None:
@@ -41,6 +66,20 @@ class SamplerConfig(ServerConfig):
             raise ValueError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        for name in ("max_adapters", "max_num_samples", "max_batch_size"):
+        if self.sglang_url and not self.sglang_url.startswith(("http://", "https://")):
+            raise ValueError(f"sglang_url: {self.sglang_url!r} is not an http(s) URL")
+        if not 0 <= self.sglang_port <= 65535:
+            raise ValueError(f"sglang_port: {self.sglang_port} is not in 0..65535")
+        if self.sglang_timeout_seconds <= 0:
+            raise ValueError(
+                f"sglang_timeout_seconds: must be > 0, got {self.sglang_timeout_seconds}"
+            )
+        for name in (
+            "max_adapters",
+            "max_num_samples",
+            "max_batch_size",
+            "sglang_max_loras_per_batch",
+            "sglang_max_lora_rank",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

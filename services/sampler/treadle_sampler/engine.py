@@ -1,16 +1,22 @@
 """The sampling engine interface, the plain data that crosses it, and the one place that picks one.
 
 An engine serves one base model and any number of loaded adapters. Adapters are named by keys the
-caller chooses (the adapter cache in `adapters.py` decides what is loaded and when it is evicted;
-an engine only loads and forgets). `sample` is an async iterator that yields each sequence as soon
-as it finishes, so the service can stream it; prompt logprobs are `compute_logprobs` of the prompt.
-The torch engine is the only one today; an SGLang engine will implement the same five methods.
+caller chooses and loaded from PEFT folders on local disk (the adapter cache in `adapters.py`
+decides what is loaded and when it is evicted; `local_adapters.py` writes the folders; an engine
+only loads and forgets). `sample` is an async iterator that yields each sequence as soon as it
+finishes, so the service can stream it; prompt logprobs are `compute_logprobs` of the prompt.
+
+Two implementations, chosen in `make_engine` only: `torch_engine.TorchEngine` (transformers +
+peft, CPU or GPU) and `sglang_engine.SGLangEngine` (a thin client of an SGLang server's HTTP API,
+GPU). Both report, for each sampled token, its logprob under the temperature-scaled
+distribution it was drawn from (see `sampling.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from treadle_models import ModelSpec
@@ -61,10 +67,10 @@ class SamplingEngine(Protocol):
         """Logprob of tokens[1:] given their prefix (length len(tokens) - 1)."""
         ...
 
-    async def load_adapter(self, key: str, files: Mapping[str, bytes]) -> None:
-        """Load a PEFT adapter (adapter_config.json + adapter_model.safetensors) as `key`.
+    async def load_adapter(self, key: str, folder: Path) -> None:
+        """Load the PEFT adapter in `folder` (adapter_config.json + adapter_model.safetensors).
 
-        ValueError when the files are not an adapter this base model can load.
+        ValueError when it is not an adapter this base model can load.
         """
         ...
 
@@ -83,4 +89,8 @@ def make_engine(config: SamplerConfig) -> SamplingEngine:
         from treadle_sampler.torch_engine import TorchEngine
 
         return TorchEngine.from_config(config)
+    if config.engine == "sglang":
+        from treadle_sampler.sglang_engine import SGLangEngine
+
+        return SGLangEngine.from_config(config)
     raise ValueError(f"engine: {config.engine!r} is not available")

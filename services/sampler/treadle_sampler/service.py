@@ -21,6 +21,7 @@ from treadle_sampler import metrics
 from treadle_sampler.adapters import AdapterCache, AdapterSource
 from treadle_sampler.config import SamplerConfig
 from treadle_sampler.engine import Completion, SamplingEngine, make_engine
+from treadle_sampler.local_adapters import AdapterFolders
 from treadle_sampler.validation import logprobs_call, sample_call
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,12 @@ def build(
     """The server's setup and shutdown hooks.
 
     The engine is built from `config` unless given (tests share one); adapters come from the
-    checkpoints service at `config.checkpoints` unless `source` is given.
+    checkpoints service at `config.checkpoints` unless `source` is given, and are kept as PEFT
+    folders under `config.adapter_dir` while loaded.
     """
     owned: list[SamplingEngine] = []
     clients: list[object] = []
+    caches: list[AdapterCache] = []
 
     async def setup(server: grpc.aio.Server) -> list[str]:
         nonlocal engine, source
@@ -155,12 +158,16 @@ def build(
 
             source = CheckpointClient(config.checkpoints)
             clients.append(source)
-        adapters = AdapterCache(engine, source, config.max_adapters)
+        folders = AdapterFolders(config.adapter_dir)
+        adapters = AdapterCache(engine, source, config.max_adapters, folders)
+        caches.append(adapters)
         servicer = SamplerServicer(engine, adapters, config.max_num_samples)
         sampler_pb2_grpc.add_SamplerServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
     async def shutdown() -> None:
+        for cache in caches:
+            await cache.close()
         for client in clients:
             await client.close()  # type: ignore[attr-defined]
         for own in owned:

@@ -24,13 +24,15 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from treadle_models import ModelSpec, load_model, load_tokenizer, model_spec, target_logprobs
+from treadle_runtime.errors import invalid
 from treadle_sampler import metrics
 from treadle_sampler.adapter_bank import BASE, AdapterBank
 from treadle_sampler.config import SamplerConfig
@@ -163,7 +165,10 @@ class TorchEngine:
     ) -> AsyncIterator[tuple[int, Completion]]:
         """Yield (index, completion) for each sequence as soon as it finishes."""
         job = SampleJob(self._adapter_name(adapter), list(prompt), num_samples, options)
-        job.stop = StopCheck(options, self.eos_token_ids, self.tokenizer)
+        try:
+            job.stop = StopCheck(options, self.eos_token_ids, self.tokenizer)
+        except ValueError as exc:
+            raise invalid("sampling_params.stop_strings", str(exc)) from None
         self._submit(job)
         try:
             for _ in range(num_samples):
@@ -181,9 +186,9 @@ class TorchEngine:
             return []
         return await self._call(lambda: self._logprobs(name, list(tokens)))
 
-    async def load_adapter(self, key: str, files: Mapping[str, bytes]) -> None:
-        """Load PEFT adapter files as `key`; ValueError if they are not a loadable adapter."""
-        self._names[key] = await self._call(lambda: self._bank.load(files))
+    async def load_adapter(self, key: str, folder: Path) -> None:
+        """Load the PEFT adapter in `folder` as `key`; ValueError if it cannot be loaded."""
+        self._names[key] = await self._call(lambda: self._bank.load(folder))
 
     async def evict(self, key: str) -> None:
         """Delete adapter `key` from the model."""
