@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from treadle.v1 import common_pb2, trainer_pb2
+from treadle.v1 import common_pb2, scheduler_pb2, trainer_pb2
 from treadle_runtime.errors import OpError
 
 if TYPE_CHECKING:
@@ -45,6 +45,14 @@ def payload_digest(message: object) -> bytes:
     """A digest of a request's payload, to tell a retry from a different request."""
     data = message.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
     return hashlib.sha256(data).digest()
+
+
+def submit_digest(submit: scheduler_pb2.Submit) -> bytes:
+    """The digest of a Submit without its request id (a retry may carry a new one)."""
+    key = scheduler_pb2.Submit()
+    key.CopyFrom(submit)
+    key.request_id = ""
+    return payload_digest(key)
 
 
 @dataclass(eq=False)

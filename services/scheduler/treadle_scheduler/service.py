@@ -30,7 +30,7 @@ from treadle.v1 import (
 from treadle_runtime.auth import ApiKeys
 from treadle_runtime.errors import OpError, error_detail, invalid, status_code
 from treadle_scheduler.config import SchedulerConfig
-from treadle_scheduler.models import ModelRecord, Request, op_tokens, payload_digest
+from treadle_scheduler.models import ModelRecord, Request, op_tokens, submit_digest
 from treadle_scheduler.quotas import Limits, Quotas
 from treadle_scheduler.sampling import SamplerPool
 from treadle_scheduler.sessions import Session as ClientSession
@@ -368,6 +368,8 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         )
 
     def _submit(self, session: ClientSession, submit: scheduler_pb2.Submit) -> None:
+        """Queue a training op in its model's order; a refused op still takes its seq_id, so the
+        model's later requests are not held waiting for it."""
         kind = submit.WhichOneof("op") or "none"
         try:
             if kind in ("sample", "compute_logprobs"):
@@ -376,45 +378,52 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             model = self._model(session.tenant, submit.model_id)
             if model.lost:
                 raise OpError(grpc.StatusCode.UNAVAILABLE, model.lost)
+            if submit.seq_id < 1:
+                raise invalid("seq_id", f"must be >= 1, got {submit.seq_id}")
+        except OpError as exc:
+            self._reply_error(session, submit.request_id, exc, kind)
+            return
+        retry = model.is_known(submit.seq_id)
+        refusal: OpError | None = None
+        op = trainer_pb2.PlannedOp(
+            op_id=f"{model.model_id}#{submit.seq_id}", model_id=model.model_id
+        )
+        try:
             check_training_op(submit, self.config.max_batch_datums, self.config.max_request_tokens)
             op = self._planned_op(model, submit)
-        except OpError as exc:
-            self._reply_error(session, submit.request_id, exc, kind)
-            return
-        future: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
-        request = Request(
-            model.model_id,
-            submit.seq_id,
-            op,
-            payload_digest(op),
-            op_tokens(op),
-            future,
-            session.tenant,
-        )
-        retry = model.is_known(submit.seq_id)
-        try:
             if not retry:
-                self.quotas.reserve_tokens(session.tenant, request.tokens)
-            try:
-                answer, ready = model.admit(request)
-            except OpError:
-                if not retry:
-                    self.quotas.release_tokens(session.tenant, request.tokens)
-                raise
+                self.quotas.reserve_tokens(session.tenant, op_tokens(op))
         except OpError as exc:
+            refusal = exc
+        future: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
+        tokens = 0 if refusal else op_tokens(op)
+        request = Request(
+            model.model_id, submit.seq_id, op, submit_digest(submit), tokens, future, session.tenant
+        )
+        if refusal is not None and not retry:
+            future.set_result(trainer_pb2.OpResult(op_id=op.op_id, error=refusal.to_detail()))
+        try:
+            answer, ready = model.admit(request)
+        except OpError as exc:
+            if not retry:
+                self.quotas.release_tokens(session.tenant, tokens)
             self._reply_error(session, submit.request_id, exc, kind)
             return
+        ready = [r for r in ready if not r.outcome.done()]  # refused ones only hold their place
         if ready:
             position, expected = model.trainer.enqueue(ready)
         else:
             position, expected = model.trainer.queued(), 0
-        session.send(
-            scheduler_pb2.ServerMessage(
-                accepted=scheduler_pb2.Accepted(
-                    request_id=submit.request_id, queue_position=position, expected_cycle=expected
+        if not answer.outcome.done():
+            session.send(
+                scheduler_pb2.ServerMessage(
+                    accepted=scheduler_pb2.Accepted(
+                        request_id=submit.request_id,
+                        queue_position=position,
+                        expected_cycle=expected,
+                    )
                 )
             )
-        )
         self._spawn(self._answer(session, submit.request_id, model, answer, kind, owned=not retry))
 
     def _planned_op(

@@ -16,8 +16,6 @@ LOSS_FNS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
 
 def check_training_op(submit: scheduler_pb2.Submit, max_datums: int, max_tokens: int) -> None:
     """Validate a training op's envelope and payload size."""
-    if submit.seq_id < 1:
-        raise invalid("seq_id", f"must be >= 1, got {submit.seq_id}")
     kind = submit.WhichOneof("op")
     if kind == "forward_backward":
         request = submit.forward_backward
