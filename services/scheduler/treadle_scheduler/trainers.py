@@ -175,6 +175,7 @@ class TrainerLink:
             QUEUE_WAIT.observe(now - request.enqueued_at)
             self._in_flight[request.op.op_id] = request
         QUEUE_DEPTH.labels(self.base_model).set(self.queued())
+        CYCLE_TENANTS.labels(self.base_model).observe(len({r.tenant for r in chosen}))
         return trainer_pb2.CyclePlan(cycle=self.cycle, ops=[r.op for r in chosen])
 
     async def _run_cycle(
