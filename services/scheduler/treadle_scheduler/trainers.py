@@ -155,7 +155,11 @@ class TrainerLink:
             TRAINER_UP.labels(self.address).set(1)
             log.info("trainer connected", extra={"trainer": self.address, "model": info.model.name})
             while True:
-                await self._work.wait()
+                try:
+                    await asyncio.wait_for(self._work.wait(), timeout=self.retry_seconds)
+                except asyncio.TimeoutError:  # idle: make sure the trainer is still there
+                    await stub.GetTrainerInfo(trainer_pb2.GetTrainerInfoRequest(), timeout=5)
+                    continue
                 planning = time.monotonic()
                 plan = self._next_plan()
                 if plan is None:
