@@ -58,7 +58,7 @@ OVERHEAD_SECONDS = Histogram(
     "treadle_scheduler_cycle_overhead_seconds",
     "Time of a cycle spent outside the trainer (planning, queueing, gRPC)",
     ["base_model"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+    buckets=(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1),
 )
 QUEUE_DEPTH = Gauge("treadle_scheduler_queue_depth", "Requests queued", ["base_model"])
 QUEUE_WAIT = Histogram("treadle_scheduler_queue_wait_seconds", "Submit to cycle start")
