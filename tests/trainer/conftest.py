@@ -115,7 +115,7 @@ def datum(tokens: Sequence[int], **inputs: object) -> common_pb2.Datum:
     return common_pb2.Datum(model_input=model_input(tokens[:-1]), loss_fn_inputs=encoded)
 
 
-def create(model_id: str, rank: int = 4, seed: int = 0, **lora: bool) -> trainer_pb2.PlannedOp:
+def create(model_id: str, rank: int = 4, seed: int = 0, **lora: float) -> trainer_pb2.PlannedOp:
     return trainer_pb2.PlannedOp(
         op_id=f"{model_id}:create",
         model_id=model_id,
@@ -169,20 +169,22 @@ def output(result: trainer_pb2.OpResult, name: str) -> list[np.ndarray]:
 # independent references
 
 
-def reference_model(rank: int, seed: int, **lora: bool) -> torch.nn.Module:
-    """A plain PEFT model on a fresh tiny-llama, initialised as the trainer initialises one."""
-    base = load_model(TINY)
+def reference_model(rank: int, seed: int, model: str = TINY, **lora: float) -> torch.nn.Module:
+    """A plain PEFT model on a fresh base, initialised as the trainer initialises one, then
+    carried to float64: the exact answer that the float32 trainer is held to (a float32
+    reference would itself be off by ~1e-5 where a vocabulary-long sum cancels)."""
+    base = load_model(model)
     torch.manual_seed(seed)
-    model = get_peft_model(base, peft_lora_config(LoraSpec(rank=rank, **lora)))
-    model.eval()
-    return model
+    peft_model = get_peft_model(base, peft_lora_config(LoraSpec(rank=rank, **lora)))
+    peft_model.eval()
+    return peft_model.double()
 
 
 def reference_logprobs(model: torch.nn.Module, tokens: Sequence[int]) -> torch.Tensor:
     """Logprobs [T-1] of tokens[1:] given their prefix, one unpadded sequence."""
     ids = torch.tensor([list(tokens)])
     logits = model(input_ids=ids[:, :-1]).logits[0]
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    return torch.log_softmax(logits.double(), dim=-1).gather(1, ids[0, 1:, None])[:, 0]
 
 
 def reference_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -191,6 +193,15 @@ def reference_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         key.replace(".default", ""): param.grad.clone()
         for key, param in model.named_parameters()
         if "lora_" in key and param.grad is not None
+    }
+
+
+def reference_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """LoRA weights keyed as the trainer keys them."""
+    return {
+        key.replace(".default", ""): param.detach().clone()
+        for key, param in model.named_parameters()
+        if "lora_" in key
     }
 
 

@@ -20,6 +20,7 @@ from .conftest import (
     reference_grads,
     reference_logprobs,
     reference_model,
+    reference_weights,
     rel_err,
     release,
 )
@@ -28,43 +29,56 @@ rng = np.random.default_rng(0)
 SEQS_A = [rng.integers(0, 49152, n).tolist() for n in (13, 8)]
 SEQS_B = [rng.integers(0, 49152, n).tolist() for n in (16, 5, 11)]
 ADAM = {"learning_rate": 1e-2, "eps": 1e-2}
+# four tenants: rank, alpha, LoRA switches, batch (different sizes and lengths)
+TENANTS = {
+    "t2": (2, 4.0, {}, [rng.integers(0, 49152, n).tolist() for n in (13, 8)]),
+    "t4": (4, 4.0, {"train_mlp": False}, [rng.integers(0, 49152, n).tolist() for n in (16, 5, 11)]),
+    "t8": (8, 32.0, {"train_attn": False}, [rng.integers(0, 49152, n).tolist() for n in (21,)]),
+    "t16": (16, 8.0, {"train_unembed": False},
+            [rng.integers(0, 49152, n).tolist() for n in (3, 9, 14, 6)]),
+}  # fmt: skip
 
 
 def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-def test_one_wave_of_two_adapters_matches_independent_references(trainer):
+def _weights(trainer, model_id: str) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in trainer.engine.adapters[model_id].params.items()}
+
+
+def test_four_tenants_in_one_wave_match_training_each_alone_with_plain_peft(trainer):
     client = trainer.client
-    client.run_ok([create("a", rank=4, seed=11), create("b", rank=8, seed=22, train_mlp=False)])
+    client.run_ok(
+        [create(m, rank=r, seed=i, alpha=a, **lora) for i, (m, (r, a, lora, _)) in
+         enumerate(TENANTS.items())]
+    )  # fmt: skip
+    initial = {m: _weights(trainer, m) for m in TENANTS}
     passes = _sample("treadle_trainer_pass_rows_count")
-    plan = [
-        forward_backward("a", [datum(s) for s in SEQS_A], op_id="a1"),
-        forward_backward("b", [datum(s) for s in SEQS_B], op_id="b1"),
-        optim_step("a", op_id="a2", **ADAM),
-        optim_step("b", op_id="b2", **ADAM),
-    ]
-    first, done = client.run(plan)
-    assert [first[i].wave for i in ("a1", "b1", "a2", "b2")] == [0, 0, 1, 1]
-    assert done.waves == 2 and done.tokens == sum(len(s) - 1 for s in SEQS_A + SEQS_B)
+
+    def wave(tag: str) -> dict:
+        plan = [forward_backward(m, [datum(s) for s in t[3]], op_id=f"{m}:{tag}")
+                for m, t in TENANTS.items()]  # fmt: skip
+        results, done = client.run(plan)
+        assert {results[f"{m}:{tag}"].wave for m in TENANTS} == {0} and done.waves == 1
+        assert done.tokens == sum(len(s) - 1 for t in TENANTS.values() for s in t[3])
+        return results
+
+    first = wave("fb1")
     assert _sample("treadle_trainer_pass_rows_count") == passes + 1  # one batched pass
-    second = client.run_ok(
-        [
-            forward_backward("a", [datum(s) for s in SEQS_A], op_id="a3"),
-            forward_backward("b", [datum(s) for s in SEQS_B], op_id="b3"),
-        ]
-    )
-    for model_id, seqs, rank, seed, lora, ops in (
-        ("a", SEQS_A, 4, 11, {}, ("a1", "a3")),
-        ("b", SEQS_B, 8, 22, {"train_mlp": False}, ("b1", "b3")),
-    ):
-        ref = reference_model(rank, seed, **lora)
+    first_grads = {m: engine_grads(trainer.engine, m) for m in TENANTS}
+    client.run_ok([optim_step(m, **ADAM) for m in TENANTS])
+    stepped = {m: _weights(trainer, m) for m in TENANTS}
+    second = wave("fb2")
+    for seed, (model_id, (rank, alpha, lora, seqs)) in enumerate(TENANTS.items()):
+        ref = reference_model(rank, seed, alpha=alpha, **lora)
+        assert rel_err(initial[model_id], reference_weights(ref)) == 0.0
         adam = torch.optim.AdamW(
             [p for p in ref.parameters() if p.requires_grad],
-            lr=1e-2, betas=(0.9, 0.95), eps=1e-2, weight_decay=0.0,
+            lr=1e-2, betas=(0.9, 0.95), eps=1e-2, weight_decay=0.0, foreach=False,
         )  # fmt: skip
         for step, results in enumerate((first, second)):
-            result = results[ops[step]]
+            result = results[f"{model_id}:fb{step + 1}"]
             lps = [reference_logprobs(ref, s) for s in seqs]
             loss = -sum(lp.sum() for lp in lps)
             metric = result.forward_backward.metrics["loss:sum"]
@@ -74,12 +88,18 @@ def test_one_wave_of_two_adapters_matches_independent_references(trainer):
             for got, want in zip(output(result, "elementwise_loss"), lps, strict=True):
                 np.testing.assert_allclose(got, -want.detach().numpy(), rtol=1e-5, atol=1e-5)
             loss.backward()
+            want = reference_grads(ref)
+            assert all(g.any() for g in want.values()) or step == 0  # (B = 0 zeroes dA first)
+            got = first_grads[model_id] if step == 0 else engine_grads(trainer.engine, model_id)
+            assert rel_err(got, want) <= 1e-5, (model_id, step)
             if step == 0:
                 adam.step()
                 adam.zero_grad()
-        want = reference_grads(ref)
-        assert all(g.any() for g in want.values())  # every LoRA matrix has a gradient
-        assert rel_err(engine_grads(trainer.engine, model_id), want) <= 1e-5
+                after = reference_weights(ref)
+                assert rel_err(stepped[model_id], after) <= 1e-5
+                update = {k: stepped[model_id][k] - initial[model_id][k] for k in after}
+                want_update = {k: after[k] - initial[model_id][k] for k in after}
+                assert rel_err(update, want_update) <= 1e-4
 
 
 def test_ten_cycles_of_training_lower_the_loss(trainer):
@@ -100,22 +120,22 @@ def test_ten_cycles_of_training_lower_the_loss(trainer):
 def test_a_step_of_one_model_leaves_another_bit_identical(trainer):
     client = trainer.client
     client.run_ok([create("iso-a", seed=1), create("iso-b", seed=2)])
-    client.run_ok(
-        [
-            forward_backward("iso-a", [datum(s) for s in SEQS_A]),
-            forward_backward("iso-b", [datum(s) for s in SEQS_B]),
-        ]
-    )
-    b = trainer.engine.adapters["iso-b"].params
-    weights_before = {k: p.detach().clone() for k, p in b.items()}
-    grads_before = engine_grads(trainer.engine, "iso-b")
-    a_before = {k: p.detach().clone() for k, p in trainer.engine.adapters["iso-a"].params.items()}
-    client.run_ok([optim_step("iso-a", learning_rate=1e-2)])
-    assert all(torch.equal(b[k].detach(), w) for k, w in weights_before.items())
-    grads_after = engine_grads(trainer.engine, "iso-b")
-    assert all(torch.equal(grads_after[k], g) for k, g in grads_before.items())
-    a_after = trainer.engine.adapters["iso-a"].params
-    assert any(not torch.equal(a_after[k].detach(), w) for k, w in a_before.items())
+    both = [
+        forward_backward("iso-a", [datum(s) for s in SEQS_A]),
+        forward_backward("iso-b", [datum(s) for s in SEQS_B]),
+    ]
+    client.run_ok([*both, optim_step("iso-a", **ADAM), optim_step("iso-b", **ADAM)])
+    client.run_ok(both)
+    b = trainer.engine.adapters["iso-b"]
+    before = {k: t.clone() for k, t in b.tensors().items()}  # weights, grads, Adam moments
+    assert any(k.startswith("grad:") for k in before) and b.step == 1
+    a_before = _weights(trainer, "iso-a")
+    client.run_ok([optim_step("iso-a", **ADAM)])
+    after = b.tensors()
+    assert set(after) == set(before) and b.step == 1
+    assert all(torch.equal(after[k], t) for k, t in before.items())
+    a_after = _weights(trainer, "iso-a")
+    assert all(not torch.equal(a_after[k], w) for k, w in a_before.items())
 
 
 def test_waves_keep_each_models_order_and_stream_results_wave_by_wave(trainer):

@@ -1,17 +1,20 @@
 """The engine without gRPC: a wave larger than max_pass_tokens is split into several passes
-that give the same results as one, and released adapters free their slot for new ones."""
+that give the same results as one, released adapters are gone, the Qwen2 and Qwen3 families
+train like plain PEFT, and a bfloat16 base (the GPU setting) trains float32 adapters."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from treadle.v1 import common_pb2
 from treadle_models.lora import LoraSpec
 from treadle_trainer.engine import ForwardResult, TrainerEngine
 from treadle_trainer.inputs import parse_forward_backward
+from treadle_trainer.optim import AdamConfig
 
-from .conftest import TINY, datum, rel_err
+from .conftest import TINY, datum, reference_grads, reference_logprobs, reference_model, rel_err
 
 rng = np.random.default_rng(3)
 SEQS = [rng.integers(0, 49152, n).tolist() for n in (9, 17, 4, 12)]
@@ -51,13 +54,48 @@ def test_a_wave_split_into_several_passes_equals_one_pass():
         assert rel_err(split_grads[model_id], one_grads[model_id]) <= 1e-5
 
 
-def test_released_adapters_make_room_and_names_are_not_reused():
+def test_a_released_adapter_is_gone_and_its_seed_gives_it_back():
     engine = TrainerEngine(TINY, device="cpu")
     first = engine.create_adapter("a", "t", LoraSpec(rank=4, alpha=4.0), seed=1)
+    weights = {k: p.detach().clone() for k, p in first.params.items()}
     engine.release_adapter("a")
+    assert not engine.adapters and not engine.residency.resident
     again = engine.create_adapter("a", "t", LoraSpec(rank=4, alpha=4.0), seed=1)
-    assert again.name != first.name and list(engine.adapters) == ["a"]
-    assert all(torch.equal(again.params[k], p) for k, p in first.params.items())
+    assert again is not first and list(engine.adapters) == ["a"]
+    assert all(torch.equal(again.params[k], w) for k, w in weights.items())
     assert all(p.requires_grad for p in again.params.values())
-    assert engine.bank.model is not None
-    assert list(engine.bank.model.peft_config) == [again.name]
+
+
+@pytest.mark.parametrize("model", ["treadle/tiny-qwen2", "treadle/tiny-qwen3"])
+def test_qwen_families_match_plain_peft_per_adapter(model):
+    engine = TrainerEngine(model, device="cpu")
+    specs = {"x": LoraSpec(rank=4, alpha=8.0), "y": LoraSpec(rank=8, train_attn=False)}
+    for seed, (model_id, spec) in enumerate(specs.items()):
+        engine.create_adapter(model_id, "t", spec, seed=seed)
+    results = engine.forward_backward([("x", _batch()), ("y", _batch())])
+    for seed, (model_id, spec) in enumerate(specs.items()):
+        ref = reference_model(spec.rank, seed, model, alpha=spec.effective_alpha,
+                              train_attn=spec.train_attn)  # fmt: skip
+        lps = [reference_logprobs(ref, s) for s in SEQS]
+        (-sum(lp.sum() for lp in lps)).backward()
+        result = results[seed]
+        assert isinstance(result, ForwardResult)
+        for got, want in zip(result.logprobs, lps, strict=True):
+            np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-5)
+        got_grads = {k: p.grad for k, p in engine.adapters[model_id].params.items()}
+        assert rel_err(got_grads, reference_grads(ref)) <= 1e-5
+
+
+def test_a_bfloat16_base_trains_float32_adapters_close_to_float32():
+    results, grads = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        engine = TrainerEngine(TINY, device="cpu", dtype=dtype)
+        adapter = engine.create_adapter("x", "t", LoraSpec(rank=4), seed=1)
+        engine.forward_backward([("x", _batch())])
+        engine.optim_step("x", AdamConfig(learning_rate=1e-2))
+        (results[dtype],) = engine.forward_backward([("x", _batch())])
+        grads[dtype] = {k: p.grad for k, p in adapter.params.items()}
+        assert all(p.dtype == torch.float32 for p in adapter.params.values())
+    for got, want in zip(results["bfloat16"].logprobs, results["float32"].logprobs, strict=True):
+        np.testing.assert_allclose(got, want, atol=0.15)
+    assert rel_err(grads["bfloat16"], grads["float32"]) < 0.1

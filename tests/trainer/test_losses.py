@@ -87,7 +87,7 @@ def _reference(per_token_grad) -> dict[str, torch.Tensor]:
     for i, seq in enumerate(SEQS):
         lp = reference_logprobs(ref, seq)
         g = torch.as_tensor(per_token_grad(lp.detach().numpy().astype(np.float64), i))
-        surrogate = surrogate + (g.float() * lp).sum()
+        surrogate = surrogate + (g.double() * lp).sum()
     surrogate.backward()
     return reference_grads(ref)
 

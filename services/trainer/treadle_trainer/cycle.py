@@ -26,7 +26,8 @@ from treadle.v1 import common_pb2, trainer_pb2
 from treadle_models.lora import LoraSpec
 from treadle_runtime.errors import OpError, error_detail, invalid
 from treadle_trainer import metrics
-from treadle_trainer.engine import Adapter, ForwardResult, TrainerEngine
+from treadle_trainer.adapters import Adapter
+from treadle_trainer.engine import ForwardResult, TrainerEngine
 from treadle_trainer.inputs import (
     LossBatch,
     lora_config,
@@ -94,6 +95,7 @@ class CycleRunner:
     async def close(self) -> None:
         """Stop the torch worker thread and close the checkpoint store's channel."""
         await asyncio.to_thread(self._worker.shutdown, wait=True)
+        self.engine.close()
         close = getattr(self.store, "close", None)
         if close is not None:
             await close()
@@ -118,6 +120,7 @@ class CycleRunner:
         """Execute `plan`: each op's result as its wave ends, then CycleDone."""
         async with self._lock:
             started = time.perf_counter()
+            flops_before = self.engine.flops_total
             waves = plan_waves(plan.ops)
             tokens = 0
             for k, wave in enumerate(waves):
@@ -129,7 +132,11 @@ class CycleRunner:
                     yield trainer_pb2.TrainerEvent(op_result=_op_result(op, k, outcome))
             busy = time.perf_counter() - started
             metrics.STEP_SECONDS.labels("cycle").observe(busy)
+            metrics.BUSY_SECONDS.inc(busy)
             metrics.CYCLES.inc()
+            if self.engine.peak_flops and busy > 0:
+                flops = self.engine.flops_total - flops_before
+                metrics.MFU.set(flops / busy / self.engine.peak_flops)
             done = trainer_pb2.CycleDone(
                 cycle=plan.cycle, busy_seconds=busy, waves=len(waves), tokens=tokens
             )

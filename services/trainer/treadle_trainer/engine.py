@@ -1,60 +1,43 @@
 """The training engine: one frozen base model, many models' adapters and optimizer states.
 
 Pure torch, driven by one thread (the cycle runner's worker). `forward_backward` takes every
-forward / forward_backward op of a wave and runs them as ONE batched pass (split only when the
-padded batch exceeds `max_pass_tokens`): datums are right-padded rows, each row runs through its
-own model's adapter, logprobs of the targets come from `treadle_models.target_logprobs` over the
-whole batch, and backward runs once on the sum of the ops' summed losses. Gradients accumulate in
-each adapter's .grad until `optim_step`. Per-op outputs and metrics are then computed from the
-detached logprobs, op by op.
+forward / forward_backward op of a wave and runs them as ONE batched pass: rows are ordered by
+op, so each adapter owns one contiguous block of rows (grouped LoRA, grouped_lora.py), and
+right-padded to the longest datum (a padding mask; every row's positions start at 0). The
+decoder runs once; head.py sweeps the real (unpadded) tokens through the unembedding in chunks,
+producing the target logprobs and the loss gradient; one backward then runs through the decoder.
+A wave becomes several passes only when it exceeds `max_pass_tokens` padded tokens or holds more
+adapters than may be resident at once (residency.py). Gradients accumulate in each adapter's
+.grad until `optim_step`. Per-op outputs and metrics come from the detached logprobs, op by op.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
 import torch
 
 from treadle_models.adapter_files import adapter_files
-from treadle_models.logprobs import target_logprobs
 from treadle_models.lora import LoraSpec
 from treadle_models.sources import ModelSpec, load_model, model_spec
 from treadle_runtime.errors import OpError, invalid
 from treadle_trainer import metrics
+from treadle_trainer.adapters import Adapter
+from treadle_trainer.flops import measure_matmul_peak, model_flops
+from treadle_trainer.grouped_lora import Group
+from treadle_trainer.head import HeadSegment, TokenLoss, unembed
 from treadle_trainer.inputs import DatumArrays, LossBatch
-from treadle_trainer.lora_bank import LoraBank
+from treadle_trainer.lora_bank import LoraBank, adapter_key
 from treadle_trainer.losses import LOSSES, LossInputs, loss_metrics
 from treadle_trainer.optim import AdamConfig, AdamState
+from treadle_trainer.passes import plan_passes
+from treadle_trainer.residency import Residency, offload_store
+from treadle_trainer.rows import PaddedRows, flat_loss_inputs, loss_inputs
 from treadle_trainer.state_files import StateContents, TrainerState, encode_state
-
-PAD_ID = 0
-
-
-@dataclass
-class Adapter:
-    """One training model resident on this trainer."""
-
-    model_id: str
-    name: str  # peft adapter name
-    tenant: str
-    spec: LoraSpec
-    seed: int
-    params: dict[str, torch.nn.Parameter]
-    adam: AdamState
-
-    @property
-    def step(self) -> int:
-        """Optimizer steps taken."""
-        return self.adam.step
-
-    @property
-    def trainable_params(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.params.values())
 
 
 @dataclass
@@ -68,11 +51,17 @@ class ForwardResult:
     tokens: int
 
 
-@dataclass
-class _Row:
-    op: int
-    datum: DatumArrays
-    logprobs_T: torch.Tensor | None = field(default=None)
+def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows per chunk of the unembedding sweep.
+
+    On a CPU, a chunk's float32 logits stay within 24 MiB so the half-dozen passes over them
+    run from the last-level cache (measured: 128 rows of a 49152 vocabulary beat 256 by ~10 %).
+    On a GPU, large chunks keep the matmuls large.
+    """
+    if device.type == "cuda":
+        return 8192
+    rows = (24 << 20) // (4 * vocab_size)
+    return max(16, 1 << max(rows, 1).bit_length() - 1)
 
 
 def pick_device(device: str) -> torch.device:
@@ -100,6 +89,11 @@ class TrainerEngine:
         dtype: str = "auto",
         max_seq_len: int = 0,
         max_pass_tokens: int = 8192,
+        max_resident_adapters: int = 0,
+        offload: str = "auto",
+        offload_dir: str = "",
+        head_chunk_rows: int = 0,
+        peak_flops: float = 0.0,
     ) -> None:
         self.device = pick_device(device)
         spec = model_spec(base_model)
@@ -107,13 +101,33 @@ class TrainerEngine:
         self.spec: ModelSpec = replace(spec, max_seq_len=limit)
         self.max_pass_tokens = max_pass_tokens
         base = load_model(base_model, dtype=pick_dtype(dtype, self.device), device=self.device)
+        self.flops = model_flops(base)
         self.bank = LoraBank(base)
+        self.head_chunk_rows = head_chunk_rows or default_chunk_rows(self.device, spec.vocab_size)
+        self.residency = Residency(
+            max_resident_adapters, offload_store(offload, self.device, offload_dir), self.device
+        )
         self.adapters: dict[str, Adapter] = {}
+        self.peak_flops = peak_flops
+        self.flops_total = 0.0  # model FLOPs of every pass so far
+        if peak_flops:
+            metrics.PEAK_FLOPS.set(peak_flops)
+
+    def measure_peak(self) -> float:
+        """Measure the device's matmul peak in the model's dtype (the denominator of MFU)."""
+        size = 8192 if self.device.type == "cuda" else 1536  # about a second at startup
+        self.peak_flops = measure_matmul_peak(self.device, self.bank.dtype, size, repeats=3)
+        metrics.PEAK_FLOPS.set(self.peak_flops)
+        return self.peak_flops
+
+    def close(self) -> None:
+        """Delete offloaded adapters' spill files."""
+        self.residency.close()
 
     # adapters
 
     def adapter(self, model_id: str) -> Adapter:
-        """The resident adapter of `model_id`; NOT_FOUND if there is none."""
+        """The adapter of `model_id` (resident or not); NOT_FOUND if there is none."""
         adapter = self.adapters.get(model_id)
         if adapter is None:
             raise OpError(
@@ -124,6 +138,12 @@ class TrainerEngine:
             )
         return adapter
 
+    def resident(self, model_id: str) -> Adapter:
+        """The adapter of `model_id`, brought onto the device if it was offloaded."""
+        adapter = self.adapter(model_id)
+        self.residency.require([adapter])
+        return adapter
+
     def create_adapter(self, model_id: str, tenant: str, spec: LoraSpec, seed: int) -> Adapter:
         """A fresh adapter initialised from `seed`, with zeroed optimizer state."""
         if model_id in self.adapters:
@@ -132,19 +152,18 @@ class TrainerEngine:
                 f"model_id: model {model_id!r} already has an adapter here",
                 "model_id",
             )
-        name = self.bank.add(spec, seed)
-        params = self.bank.parameters(name)
-        adapter = Adapter(model_id, name, tenant, spec, seed, params, AdamState(params))
+        self.residency.reserve()
+        params = self.bank.init_weights(spec, seed)
+        adapter = Adapter(model_id, tenant, spec, seed, params, AdamState(params))
         self.adapters[model_id] = adapter
-        metrics.ADAPTERS.set(len(self.adapters))
+        self.residency.admit(adapter)
         return adapter
 
     def release_adapter(self, model_id: str) -> None:
         """Drop the adapter, its gradients and optimizer state."""
         adapter = self.adapter(model_id)
         del self.adapters[model_id]
-        self.bank.remove(adapter.name)
-        metrics.ADAPTERS.set(len(self.adapters))
+        self.residency.forget(adapter)
 
     # forward / backward
 
@@ -157,88 +176,157 @@ class TrainerEngine:
         gradient, so one bad request cannot poison its adapter.
         """
         adapters = [self.adapter(model_id) for model_id, _ in ops]
-        rows = [_Row(i, datum) for i, (_, batch) in enumerate(ops) for datum in batch.datums]
+        passes = plan_passes(
+            [[len(d.tokens) for d in batch.datums] for _, batch in ops],
+            [model_id for model_id, _ in ops],
+            self.max_pass_tokens,
+            self.residency.budget,
+        )
+        spread = {op for op in range(len(ops)) if sum(op in dict(p) for p in passes) > 1}
+        saved = {op: self._grads(adapters[op]) for op in spread if not ops[op][1].forward_only}
+        logprobs: dict[tuple[int, int], torch.Tensor] = {}
         failed: dict[int, OpError] = {}
         started = time.perf_counter()
-        for chunk in self._chunks(rows):
-            self._pass(chunk, ops, adapters, failed)
+        for part in passes:
+            self.residency.require(adapters[op] for op, _ in part)
+            self._pass(part, ops, adapters, logprobs, failed)
+            metrics.PASS_ROWS.observe(sum(len(rows) for _, rows in part))
+        for op, grads in saved.items():
+            if op in failed:
+                self._restore_grads(adapters[op], grads)
         metrics.STEP_SECONDS.labels("forward_backward").observe(time.perf_counter() - started)
-        metrics.PASS_ROWS.observe(len(rows))
         results: list[ForwardResult | OpError] = [
-            failed.get(i) or self._result(batch, [r for r in rows if r.op == i])
+            failed.get(i) or self._result(batch, [logprobs[i, d] for d in range(len(batch.datums))])
             for i, (_, batch) in enumerate(ops)
         ]
         metrics.TOKENS.inc(sum(r.tokens for r in results if isinstance(r, ForwardResult)))
         return results
 
-    def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Rows longest first, cut into batches of at most max_pass_tokens padded tokens."""
-        ordered = sorted(rows, key=lambda r: -len(r.datum.tokens))
-        chunks: list[list[_Row]] = []
-        for row in ordered:
-            if chunks and (len(chunks[-1]) + 1) * len(chunks[-1][0].datum.tokens) <= (
-                self.max_pass_tokens
-            ):
-                chunks[-1].append(row)
-            else:
-                chunks.append([row])
-        return chunks
-
     def _pass(
         self,
-        rows: list[_Row],
+        part: list[tuple[int, list[int]]],
         ops: Sequence[tuple[str, LossBatch]],
         adapters: list[Adapter],
+        logprobs: dict[tuple[int, int], torch.Tensor],
         failed: dict[int, OpError],
     ) -> None:
-        T = max(len(r.datum.tokens) for r in rows)
-        input_ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-        targets = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-        attention = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, row in enumerate(rows):
-            n = len(row.datum.tokens)
-            input_ids[b, :n] = torch.tensor(row.datum.tokens)
-            targets[b, :n] = torch.tensor(row.datum.targets)
-            attention[b, :n] = 1
-        training = any(not ops[r.op][1].forward_only for r in rows)
-        with torch.set_grad_enabled(training):
-            logits = self.bank.logits(
-                input_ids.to(self.device),
-                attention.to(self.device),
-                [adapters[r.op].name for r in rows],
-            )
-            lp_BT = target_logprobs(logits, targets.to(self.device))
-            del logits
-            total: torch.Tensor | None = None
-            for op in sorted({r.op for r in rows}):
-                batch = ops[op][1]
-                if batch.forward_only or op in failed:
-                    continue
-                index = [b for b, r in enumerate(rows) if r.op == op]
-                x = loss_inputs([rows[b].datum for b in index], T, self.device)
-                loss = LOSSES[batch.loss_fn].fn(lp_BT[index], x, batch.config).loss_NT.sum()
-                if not bool(torch.isfinite(loss)):
-                    failed[op] = invalid(
-                        "data", f"the {batch.loss_fn} loss is not finite (is lp - logprobs huge?)"
-                    )
-                    continue
-                total = loss if total is None else total + loss
-            if total is not None:
-                total.backward()
-        lp_cpu = lp_BT.detach().float().cpu()
-        for b, row in enumerate(rows):
-            row.logprobs_T = lp_cpu[b, : len(row.datum.tokens)]
+        """One batched pass over the rows of `part` ((op, datum indices) in row order)."""
+        datums = [ops[op][1].datums[d] for op, rows in part for d in rows]
+        rows = PaddedRows.of(datums, self.device)
+        trains = {op for op, _ in part if not ops[op][1].forward_only and op not in failed}
+        groups, segments = self._layout(part, ops, adapters, datums, rows, trains)
+        with torch.set_grad_enabled(bool(trains)), self.bank.route(groups):
+            hidden = self.bank.hidden(rows.input_ids, rows.attention_mask)
+        hidden_MH = rows.real_tokens(hidden.detach().reshape(rows.B * rows.T, -1))
+        targets_M = rows.real_tokens(rows.targets.reshape(-1))
+        out = unembed(
+            hidden_MH, self.bank.unembed.weight, targets_M, segments, self.head_chunk_rows
+        )
+        for (op, _), segment, finite in zip(part, segments, out.finite, strict=True):
+            if op in trains and not finite:
+                trains.discard(op)
+                failed[op] = invalid(
+                    "data", f"the {ops[op][1].loss_fn} loss is not finite (is lp - logprobs huge?)"
+                )
+                assert out.grad_hidden is not None
+                out.grad_hidden.narrow(0, segment.start, segment.count).zero_()
+        if trains and out.grad_hidden is not None:
+            hidden.backward(rows.all_tokens(out.grad_hidden).view_as(hidden))
+            for (op, _), grads in zip(part, out.lora_grads, strict=True):
+                if op in trains and grads is not None:
+                    grad_a, grad_bt = grads
+                    self._accumulate(adapters[op], self.bank.unembed_path, (grad_a, grad_bt.t()))
+        self._count_flops(part, ops, adapters, rows.lengths, trains)
+        per_row = iter(out.logprobs.cpu().split(rows.lengths))
+        for op, datum_indices in part:
+            for d in datum_indices:
+                logprobs[op, d] = next(per_row)
 
-    def _result(self, batch: LossBatch, rows: list[_Row]) -> ForwardResult:
-        T = max(len(r.datum.tokens) for r in rows)
-        lp_NT = torch.zeros((len(rows), T))
-        for n, row in enumerate(rows):
-            assert row.logprobs_T is not None
-            lp_NT[n, : len(row.logprobs_T)] = row.logprobs_T
-        x = loss_inputs([r.datum for r in rows], T, torch.device("cpu"))
+    def _layout(
+        self,
+        part: list[tuple[int, list[int]]],
+        ops: Sequence[tuple[str, LossBatch]],
+        adapters: list[Adapter],
+        datums: list[DatumArrays],
+        rows: PaddedRows,
+        trains: set[int],
+    ) -> tuple[list[Group], list[HeadSegment]]:
+        """Each op's block of rows: its LoRA group in the decoder and its head segment."""
+        groups, segments, row, token = [], [], 0, 0
+        for op, datum_indices in part:
+            adapter, n = adapters[op], len(datum_indices)
+            weights = self.bank.pass_weights(adapter.params, trainable=op in trains)
+            groups.append(Group(row * rows.T, n * rows.T, adapter.scale, weights))
+            count = sum(rows.lengths[row : row + n])
+            head = weights.get(self.bank.unembed_path)
+            lora = None
+            if head is not None:  # (A, Bᵀ) in the compute dtype, Bᵀ contiguous for the sweep
+                a, b = (t.detach().to(self.bank.dtype) for t in head)
+                lora = (a, b.t().contiguous(), adapter.scale)
+            loss = None
+            if op in trains:
+                loss = self._token_loss(ops[op][1], datums[row : row + n])
+            segments.append(HeadSegment(token, count, lora, loss))
+            row, token = row + n, token + count
+        return groups, segments
+
+    def _token_loss(self, batch: LossBatch, datums: list[DatumArrays]) -> TokenLoss:
+        """Per-token losses of `datums` (concatenated) as a function of their logprobs."""
+        x = flat_loss_inputs(datums, self.device)
+        fn, config = LOSSES[batch.loss_fn].fn, batch.config
+
+        def token_loss(lp_n: torch.Tensor, offset: int, n: int) -> torch.Tensor:
+            part = LossInputs(
+                x.mask_NT.narrow(1, offset, n),
+                x.weights_NT.narrow(1, offset, n),
+                x.advantages_NT.narrow(1, offset, n),
+                x.sampler_logprobs_NT.narrow(1, offset, n),
+            )
+            return fn(lp_n[None], part, config).loss_NT[0]
+
+        return token_loss
+
+    def _accumulate(
+        self, adapter: Adapter, path: str, grads: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
+        for part, grad in zip("AB", grads, strict=True):
+            param = adapter.params[adapter_key(path, part)]
+            param.grad = grad.contiguous() if param.grad is None else param.grad.add_(grad)
+
+    def _count_flops(
+        self,
+        part: list[tuple[int, list[int]]],
+        ops: Sequence[tuple[str, LossBatch]],
+        adapters: list[Adapter],
+        lengths: list[int],
+        trains: set[int],
+    ) -> None:
+        total, row = 0.0, 0
+        for op, rows in part:
+            total += self.flops.pass_flops(
+                lengths[row : row + len(rows)], adapters[op].trainable_params, op in trains
+            )
+            row += len(rows)
+        self.flops_total += total
+        metrics.FLOPS.inc(total)
+
+    def _grads(self, adapter: Adapter) -> dict[str, torch.Tensor | None]:
+        return {k: None if p.grad is None else p.grad.clone() for k, p in adapter.params.items()}
+
+    def _restore_grads(self, adapter: Adapter, grads: dict[str, torch.Tensor | None]) -> None:
+        self.residency.require([adapter])
+        for key, param in adapter.params.items():
+            param.grad = grads[key]
+
+    def _result(self, batch: LossBatch, logprobs: list[torch.Tensor]) -> ForwardResult:
+        T = max(len(lp) for lp in logprobs)
+        lp_NT = torch.zeros((len(logprobs), T))
+        for n, lp in enumerate(logprobs):
+            lp_NT[n, : len(lp)] = lp
+        x = loss_inputs(batch.datums, T, torch.device("cpu"))
         with torch.no_grad():
             losses = LOSSES[batch.loss_fn].fn(lp_NT, x, batch.config)
-        lengths = [len(r.datum.tokens) for r in rows]
+        lengths = [len(lp) for lp in logprobs]
         return ForwardResult(
             loss_fn=batch.loss_fn,
             logprobs=[lp_NT[n, :t].numpy().copy() for n, t in enumerate(lengths)],
@@ -253,7 +341,7 @@ class TrainerEngine:
 
     def optim_step(self, model_id: str, config: AdamConfig) -> dict[str, float]:
         """One AdamW step on the accumulated gradients, which are then cleared."""
-        adapter = self.adapter(model_id)
+        adapter = self.resident(model_id)
         started = time.perf_counter()
         norm = adapter.adam.apply(adapter.params, config)
         for param in adapter.params.values():
@@ -265,13 +353,13 @@ class TrainerEngine:
 
     def state_files(self, model_id: str) -> dict[str, bytes]:
         """A state checkpoint's files: adapter, optimizer moments and trainer state."""
-        adapter = self.adapter(model_id)
+        adapter = self.resident(model_id)
         state = TrainerState(adapter.step, adapter.seed, adapter.spec, self.spec.name)
         return encode_state(state, adapter.params, adapter.adam.tensors())
 
     def sampler_files(self, model_id: str) -> dict[str, bytes]:
         """A sampler checkpoint's files: the PEFT adapter only."""
-        adapter = self.adapter(model_id)
+        adapter = self.resident(model_id)
         return adapter_files(adapter.params, adapter.spec, self.spec.name)
 
     def load_state(self, model_id: str, contents: StateContents, load_optimizer: bool) -> int:
@@ -279,7 +367,7 @@ class TrainerEngine:
 
         Accumulated gradients are cleared. Nothing changes if the checkpoint does not fit.
         """
-        adapter = self.adapter(model_id)
+        adapter = self.resident(model_id)
         state = contents.state
         if state.base_model != self.spec.name:
             raise _mismatch(f"its base model is {state.base_model!r}, not {self.spec.name!r}")
@@ -304,21 +392,6 @@ class TrainerEngine:
                 param.copy_(contents.weights[key])
                 param.grad = None
         return adapter.step
-
-
-def loss_inputs(datums: list[DatumArrays], T: int, device: torch.device) -> LossInputs:
-    """Per-token loss inputs of datums right-padded to [N, T] (weights default to 1)."""
-    N = len(datums)
-    mask, weights, advantages, q = (torch.zeros((N, T)) for _ in range(4))
-    for n, d in enumerate(datums):
-        t = len(d.tokens)
-        mask[n, :t] = 1.0
-        weights[n, :t] = 1.0 if d.weights is None else torch.tensor(d.weights)
-        if d.advantages is not None:
-            advantages[n, :t] = torch.tensor(d.advantages)
-        if d.logprobs is not None:
-            q[n, :t] = torch.tensor(d.logprobs)
-    return LossInputs(mask.to(device), weights.to(device), advantages.to(device), q.to(device))
 
 
 def _mismatch(reason: str) -> OpError:

@@ -1,98 +1,129 @@
-"""Many named LoRA adapters over one frozen base model, run together in mixed batches.
+"""One frozen base model whose adaptable Linears run grouped LoRA, and adapters' initial weights.
 
-The bank is one PEFT model; each training model's adapter is a peft adapter named `a0`, `a1`, …
-(peft needs python identifiers; names are never reused). A batch mixes adapters row by row
-through peft's `adapter_names=[...]` forward, which peft allows only in eval mode, so the model
-stays in eval mode (no dropout anywhere, LoRA dropout is 0) and every adapter's LoRA matrices
-keep requires_grad: backward through a mixed batch gives each adapter exactly its rows' gradient.
-peft marks only its "active" adapter trainable whenever adapters come and go, so the bank
-re-asserts requires_grad after every change and keeps some existing adapter active.
+The bank replaces every Linear that a LoRA spec can target inside the decoder (q/k/v/o and
+gate/up/down of each layer, as peft matches them: by the last name of the module path) with a
+`GroupedLoraLinear` that reads the current pass's groups from one shared `Routing`. The
+unembedding (`lm_head`) stays a plain Linear: `head.py` computes it chunk by chunk, together
+with the loss gradient, from the weights the bank hands it.
 
-An adapter is initialised under `torch.manual_seed(seed)` inside a forked RNG, so it equals
-`get_peft_model(base, config)` under the same seed, whatever else the bank holds.
+Adapter weights are plain float32 tensors keyed as a saved PEFT adapter keys them
+(`base_model.model.<module path>.lora_A.weight`), so checkpoints are PEFT adapters as they are.
+`init_weights` consumes the random stream exactly as peft's `get_peft_model` does under the
+same seed (for each target in module order: `nn.Linear(in, r)`, `nn.Linear(r, out)`, then
+kaiming-uniform A and zero B), so a seed gives the adapter peft would give, whatever else the
+bank holds. On a bfloat16 base the float32 weights are cast inside each pass (mixed precision).
 """
 
 from __future__ import annotations
 
-import itertools
-import re
-import warnings
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-from peft import PeftModel, get_peft_model
+from torch import nn
 from transformers import PreTrainedModel
 
-from treadle_models.lora import LoraSpec, peft_lora_config
+from treadle_models.lora import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, LoraSpec
+from treadle_trainer.grouped_lora import Group, GroupedLoraLinear, Routing, stacked_supported
 
-_TIED_WARNING = ".*tie_word_embeddings.*"
+TARGET_NAMES = (*ATTN_MODULES, *MLP_MODULES, *UNEMBED_MODULES)
+
+
+def adapter_key(path: str, part: str) -> str:
+    """The PEFT state-dict key of one LoRA matrix (`part` is "A" or "B")."""
+    return f"base_model.model.{path}.lora_{part}.weight"
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """A Linear of the base model that LoRA can adapt."""
+
+    path: str  # module path in the base model, e.g. model.layers.0.self_attn.q_proj
+    name: str  # its last component, what LoraSpec.target_modules() names
+    in_features: int
+    out_features: int
 
 
 class LoraBank:
-    """A PEFT model over `base` holding any number of named LoRA adapters."""
+    """The base model, rewired for grouped LoRA, and the layout of each pass."""
 
     def __init__(self, base: PreTrainedModel) -> None:
         self.base = base
-        self.model: PeftModel | None = None
-        self._names = (f"a{n}" for n in itertools.count())
-        self._params: dict[str, dict[str, torch.nn.Parameter]] = {}
+        self.routing = Routing()
+        unembed = base.get_output_embeddings()
+        assert isinstance(unembed, nn.Linear), "the base model needs a Linear unembedding"
+        self.unembed = unembed
+        self.targets: list[LoraTarget] = []
+        for path, module in list(base.named_modules()):
+            name = path.rsplit(".", 1)[-1]
+            if name not in TARGET_NAMES or not isinstance(module, nn.Linear):
+                continue
+            self.targets.append(LoraTarget(path, name, module.in_features, module.out_features))
+            if module is not unembed:
+                parent_path, _, attr = path.rpartition(".")
+                parent = base.get_submodule(parent_path)
+                setattr(parent, attr, GroupedLoraLinear(module, path, self.routing))
+        self.unembed_path = next(t.path for t in self.targets if t.name in UNEMBED_MODULES)
+        self.decoder = base.get_decoder()
+        self.device = unembed.weight.device
+        self.dtype = unembed.weight.dtype
+        self.stacked = self.device.type == "cuda" and stacked_supported(self.device, self.dtype)
 
-    def add(self, spec: LoraSpec, seed: int) -> str:
-        """Add an adapter initialised from `seed`; returns its peft name."""
-        name = next(self._names)
-        config = peft_lora_config(spec)
-        devices = [self.base.device] if self.base.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_TIED_WARNING)
+    # adapters
+
+    def init_weights(self, spec: LoraSpec, seed: int) -> dict[str, nn.Parameter]:
+        """Fresh float32 LoRA matrices on the device, equal to peft's under `seed`."""
+        wanted = set(spec.target_modules())
+        weights: dict[str, nn.Parameter] = {}
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if self.model is None:
-                self.model = get_peft_model(self.base, config, adapter_name=name)
-            else:
-                self.model.add_adapter(name, config)
-        self.model.eval()
-        self._params[name] = self._collect(name)
-        self._refresh()
-        return name
+            for target in self.targets:
+                if target.name not in wanted:
+                    continue
+                lora_a = nn.Linear(target.in_features, spec.rank, bias=False)
+                lora_b = nn.Linear(spec.rank, target.out_features, bias=False)
+                nn.init.kaiming_uniform_(lora_a.weight, a=math.sqrt(5))
+                nn.init.zeros_(lora_b.weight)
+                for part, layer in (("A", lora_a), ("B", lora_b)):
+                    tensor = layer.weight.detach().to(self.device)
+                    weights[adapter_key(target.path, part)] = nn.Parameter(tensor)
+        return weights
 
-    def remove(self, name: str) -> None:
-        """Delete an adapter and its matrices."""
-        assert self.model is not None
-        del self._params[name]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Adapter .* was active")
-            self.model.delete_adapter(name)
-        self._refresh()
+    def pass_weights(
+        self, params: Mapping[str, torch.Tensor], trainable: bool
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """An adapter's float32 (A, B) per adapted module path, detached unless `trainable`.
 
-    def parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
-        """The adapter's matrices, keyed as in a saved PEFT adapter (no adapter name)."""
-        return self._params[name]
+        The grouped LoRA functions cast them to the compute dtype themselves and return
+        float32 gradients, so a bfloat16 base trains float32 master weights.
+        """
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for target in self.targets:
+            key_a = adapter_key(target.path, "A")
+            if key_a not in params:
+                continue
+            pair = (params[key_a], params[adapter_key(target.path, "B")])
+            out[target.path] = pair if trainable else (pair[0].detach(), pair[1].detach())
+        return out
 
-    def logits(
-        self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor, names_B: list[str]
+    # passes
+
+    @contextmanager
+    def route(self, groups: Sequence[Group]) -> Iterator[None]:
+        """Run the decoder with `groups` as the pass's LoRA layout."""
+        self.routing.set(groups, self.stacked and len(groups) > 1, self.device)
+        try:
+            yield
+        finally:
+            self.routing.set([], False, self.device)
+
+    def hidden(
+        self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor | None
     ) -> torch.Tensor:
-        """Logits [B, T, V] where row b runs through adapter `names_B[b]`."""
-        assert self.model is not None
-        out = self.model(
-            input_ids=input_ids_BT,
-            attention_mask=attention_mask_BT,
-            adapter_names=names_B,
-            use_cache=False,
+        """The decoder's final hidden states [B, T, H] under the routed groups."""
+        out = self.decoder(
+            input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False
         )
-        return out.logits
-
-    def _collect(self, name: str) -> dict[str, torch.nn.Parameter]:
-        assert self.model is not None
-        pattern = re.compile(rf"\.{re.escape(name)}(?=\.)")
-        return {
-            pattern.sub("", key, count=1): param
-            for key, param in self.model.named_parameters()
-            if ".lora_" in key and f".{name}." in key
-        }
-
-    def _refresh(self) -> None:
-        assert self.model is not None
-        names = list(self._params)
-        if names and self.model.active_adapter not in names:
-            self.model.set_adapter(names[0])
-        for params in self._params.values():
-            for param in params.values():
-                param.requires_grad_(True)
+        return out.last_hidden_state

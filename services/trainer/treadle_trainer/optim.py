@@ -54,26 +54,35 @@ class AdamState:
 
     @torch.no_grad()
     def apply(self, params: Mapping[str, torch.nn.Parameter], config: AdamConfig) -> float:
-        """Apply one step from the params' accumulated .grad; returns the gradient norm."""
-        grads = {
-            key: (p.grad if p.grad is not None else torch.zeros_like(p))
-            for key, p in params.items()
-        }
-        norm = global_norm(list(grads.values()))
-        scale = 1.0
+        """Apply one step from the params' accumulated .grad; returns the gradient norm.
+
+        The update runs as multi-tensor (`torch._foreach_*`) ops: the same elementwise
+        arithmetic as a loop over tensors, in a handful of kernels for all of them.
+        """
+        keys = list(params)
+        weights = [params[k].data for k in keys]
+        grads: list[torch.Tensor] = []
+        for key in keys:
+            grad = params[key].grad
+            grads.append(torch.zeros_like(params[key]) if grad is None else grad)
+        exp_avg = [self.exp_avg[k] for k in keys]
+        exp_avg_sq = [self.exp_avg_sq[k] for k in keys]
+        norm = global_norm(grads)
         if config.grad_clip_norm > 0:
             scale = min(1.0, config.grad_clip_norm / (norm + 1e-6))
+            if scale != 1.0:
+                grads = list(torch._foreach_mul(grads, scale))
         self.step += 1
         bias1 = 1 - config.beta1**self.step
         bias2_sqrt = math.sqrt(1 - config.beta2**self.step)
-        for key, param in params.items():
-            grad = grads[key] if scale == 1.0 else grads[key] * scale
-            exp_avg, exp_avg_sq = self.exp_avg[key], self.exp_avg_sq[key]
-            param.mul_(1 - config.learning_rate * config.weight_decay)
-            exp_avg.lerp_(grad, 1 - config.beta1)
-            exp_avg_sq.mul_(config.beta2).addcmul_(grad, grad, value=1 - config.beta2)
-            denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(config.eps)
-            param.addcdiv_(exp_avg, denom, value=-config.learning_rate / bias1)
+        torch._foreach_mul_(weights, 1 - config.learning_rate * config.weight_decay)
+        torch._foreach_lerp_(exp_avg, grads, 1 - config.beta1)
+        torch._foreach_mul_(exp_avg_sq, config.beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - config.beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, config.eps)
+        torch._foreach_addcdiv_(weights, exp_avg, denom, value=-config.learning_rate / bias1)
         return norm
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -103,5 +112,5 @@ def global_norm(grads: list[torch.Tensor]) -> float:
     """L2 norm of all gradients together (as torch.nn.utils.clip_grad_norm_ computes it)."""
     if not grads:
         return 0.0
-    norms = torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads])
+    norms = torch.stack(torch._foreach_norm(grads, 2.0))
     return float(torch.linalg.vector_norm(norms, 2.0))

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+import torch
 
 from treadle.v1 import trainer_pb2, trainer_pb2_grpc
 from treadle_trainer.config import TrainerConfig
@@ -68,6 +69,8 @@ class TrainerApp:
     async def setup(self, server: grpc.aio.Server) -> list[str]:
         """Load the base model (off the event loop) and register the Trainer servicer."""
         config = self.config
+        if config.torch_threads:  # e.g. the CPU limit of a container, not the host's cores
+            torch.set_num_threads(config.torch_threads)
         engine = await asyncio.to_thread(
             TrainerEngine,
             config.base_model,
@@ -75,7 +78,14 @@ class TrainerApp:
             dtype=config.dtype,
             max_seq_len=config.max_seq_len,
             max_pass_tokens=config.max_pass_tokens,
+            max_resident_adapters=config.max_resident_adapters,
+            offload=config.offload,
+            offload_dir=config.offload_dir,
+            head_chunk_rows=config.head_chunk_rows,
+            peak_flops=config.peak_flops,
         )
+        if not engine.peak_flops:
+            await asyncio.to_thread(engine.measure_peak)
         self.runner = CycleRunner(
             engine,
             checkpoint_store(config.checkpoints),
@@ -85,7 +95,11 @@ class TrainerApp:
         trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.runner), server)
         log.info(
             "trainer ready",
-            extra={"base_model": engine.spec.name, "device": str(engine.device)},
+            extra={
+                "base_model": engine.spec.name,
+                "device": str(engine.device),
+                "peak_tflops": round(engine.peak_flops / 1e12, 3),
+            },
         )
         return [SERVICE_NAME]
 
