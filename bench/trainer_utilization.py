@@ -21,6 +21,7 @@ import os
 import threading
 import time
 
+import torch
 from common import next_token_datums, table, write_results
 from local_mesh import local_mesh, scrape
 
@@ -28,6 +29,7 @@ import treadle
 from treadle import types
 from treadle.tensors import decode
 from treadle_runtime.launcher import LocalMesh
+from treadle_trainer.flops import measure_matmul_peak
 
 MODEL = "treadle/tiny-llama"
 
@@ -135,6 +137,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.trainer_threads:  # the launcher passes the environment on to the trainer process
         os.environ["TREADLE_TRAINER_TORCH_THREADS"] = str(args.trainer_threads)
+        torch.set_num_threads(args.trainer_threads)
+    # the trainer's MFU denominator: measured here, as the other benchmarks measure it, rather
+    # than in the seconds of the trainer's startup when the whole mesh is starting too
+    peak = measure_matmul_peak(torch.device("cpu"), torch.float32, repeats=10)
+    os.environ["TREADLE_TRAINER_PEAK_FLOPS"] = repr(peak)
     records = []
     with local_mesh(MODEL, tenants=max(args.tenants)) as (mesh, _):
         for n in args.tenants:
@@ -159,6 +166,7 @@ def main() -> None:
         "tokens_per_datum": args.tokens,
         "think_ms": args.think_ms,
         "trainer_torch_threads": args.trainer_threads or "default",
+        "peak_flops": peak,
         "results": records,
         "tokens_per_s_never_falls": monotone,
     }

@@ -116,7 +116,7 @@ class TrainerEngine:
     def measure_peak(self) -> float:
         """Measure the device's matmul peak in the model's dtype (the denominator of MFU)."""
         size = 8192 if self.device.type == "cuda" else 1536  # about a second at startup
-        self.peak_flops = measure_matmul_peak(self.device, self.bank.dtype, size, repeats=3)
+        self.peak_flops = measure_matmul_peak(self.device, self.bank.dtype, size, repeats=8)
         metrics.PEAK_FLOPS.set(self.peak_flops)
         return self.peak_flops
 
