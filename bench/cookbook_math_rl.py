@@ -1,7 +1,7 @@
 """math_rl end to end on SmolLM2-135M-Instruct: held-out arithmetic accuracy before and after RL.
 
 A fresh local mesh (unless --base-url), a fresh LoRA adapter, the math_rl recipe's defaults
-unless overridden (one-and-two-digit addition, operands 0..19, 80 held-out problems never
+unless overridden (addition with operands 0..19, the 69 held-out problems never
 trained on, answered greedily), one run per seed. Prints a table and writes
 results/cookbook_math_rl.json. Any math_rl flag can be passed through:
 
@@ -20,7 +20,7 @@ from cookbook_common import mesh_for, table, write_results
 
 from treadle_cookbook.recipes import math_rl
 
-DEFAULTS = ["--max-operand", "19", "--steps", "10"]
+DEFAULTS: list[str] = []
 
 
 def main() -> int:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from treadle_cookbook.distillation import (
     sample_teacher_conversations,
     train_on_policy,
 )
+from treadle_cookbook.recipes import distill as distill_recipe
 from treadle_cookbook.renderers import TrainOnWhat, datum_from_tokens_weights, get_renderer
 from treadle_cookbook.rl import Config, do_group_rollout
 from treadle_cookbook.rl.data_processing import assemble_training_data, full_sequence
@@ -153,3 +155,39 @@ def test_off_policy_distillation_fits_the_teachers_samples(
     student = session.create_sampling_client(model_path=result.sampler_path)
     after = asyncio.run(evaluator.evaluate(student))["test/reverse_kl"]
     assert after < 0.5 * before
+
+
+def test_distill_recipe_refuses_prompts_without_a_user_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"messages": [{"role": "system", "content": "Be brief."}]}\n')
+    assert distill_recipe.main(["--local", "--prompts", str(bad)]) == 2
+    assert f"{bad}:1: messages: no user turn to answer" in capsys.readouterr().err
+
+
+def test_on_policy_recipe_runs_and_reports(
+    mesh: LocalMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    method = "on_policy"
+    argv = ["--base-url", mesh.endpoint, "--api-key", mesh.api_key, "--base-model", TINY]
+    argv += ["--method", method, "--log-dir", str(tmp_path), "--steps", "1"]
+    argv += ["--batch-size", "2", "--max-tokens", "4", "--eval-limit", "2", "--lora-rank", "4"]
+    argv += ["--teacher-sft-steps", "1"]
+    assert distill_recipe.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "held-out reverse KL(student || teacher) per token (2 prompts x 2 samples)" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == method and "adapter after 1 SFT steps" in report["teacher"]
+    assert "test/reverse_kl" in report["before"] and "test/reverse_kl" in report["after"]
+    assert report["state_checkpoint"].startswith("treadle://")
+
+
+def test_off_policy_recipe_names_a_teacher_without_clean_answers(
+    mesh: LocalMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--base-url", mesh.endpoint, "--api-key", mesh.api_key, "--base-model", TINY]
+    argv += ["--method", "off_policy", "--log-dir", str(tmp_path), "--steps", "1"]
+    argv += ["--max-tokens", "1", "--prompt-limit", "2", "--teacher-sft-steps", "1"]
+    assert distill_recipe.main(argv) == 2
+    assert "teacher: no answer ended cleanly within --max-tokens 1" in capsys.readouterr().err

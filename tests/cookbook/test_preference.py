@@ -24,7 +24,9 @@ from treadle_cookbook.preference import (
     load_preference_pairs,
     train_dpo,
 )
+from treadle_cookbook.recipes import dpo as dpo_recipe
 from treadle_cookbook.renderers import get_renderer
+from treadle_runtime.launcher import LocalMesh
 
 from .conftest import TINY
 
@@ -111,3 +113,27 @@ def test_a_dpo_step_raises_the_margin_of_its_own_pair(
     assert logged[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert logged[1]["dpo_loss"] < logged[0]["dpo_loss"]
     assert (tmp_path / "metrics.png").exists()
+
+
+def test_dpo_recipe_refuses_a_bad_file_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _write(tmp_path / "pairs.jsonl", [GOOD, {"prompt": "q", "chosen": "a"}])
+    assert dpo_recipe.main(["--local", "--train-file", str(bad)]) == 2
+    assert f"{bad}:2: rejected: expected a non-empty string" in capsys.readouterr().err
+
+
+def test_dpo_recipe_runs_and_reports(
+    mesh: LocalMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = [GOOD | {"prompt": f"What is {i} + 2?", "kind": "style"} for i in range(4)]
+    train, test = _write(tmp_path / "t.jsonl", pairs), _write(tmp_path / "h.jsonl", pairs[:2])
+    argv = ["--base-url", mesh.endpoint, "--api-key", mesh.api_key, "--base-model", TINY]
+    argv += ["--train-file", str(train), "--test-file", str(test), "--batch-size", "2"]
+    argv += ["--log-dir", str(tmp_path / "run"), "--max-steps", "1"]
+    assert dpo_recipe.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "held-out preference accuracy (2 pairs):" in out
+    assert "test/pref_accuracy/style" in out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["steps"] == 1 and "test/pref_accuracy" in report["after"]

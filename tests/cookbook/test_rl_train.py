@@ -10,11 +10,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import treadle
 from treadle import types
+from treadle_cookbook.completers import TreadleMessageCompleter, TreadleTokenCompleter
+from treadle_cookbook.renderers import get_renderer
 from treadle_cookbook.rl import (
     AsyncConfig,
     Config,
@@ -112,7 +115,8 @@ def test_sync_run_excludes_failing_rollouts_and_keeps_training(
     assert steps[1]["step:max"] == steps[0]["step:max"] + 1
     assert "reward service unavailable" in capsys.readouterr().out
     assert (tmp_path / "metrics.png").stat().st_size > 0
-    assert result.sampling_client.model_path != ""
+    assert result.state_path.endswith("/weights/final")
+    assert result.sampler_path.endswith("/sampler_weights/final")
 
 
 def test_stream_minibatch_trains_each_minibatch_as_it_lands(
@@ -169,3 +173,21 @@ def test_config_refuses_unknown_loss_and_two_modes(tmp_path: Path) -> None:
             async_config=AsyncConfig(1, 2),
             stream_minibatch_config=StreamMinibatchConfig(2, 2),
         ).validate()
+
+
+def test_completers_sample_tokens_and_messages(
+    service: treadle.ServiceClient, smol_tokenizer: Any
+) -> None:
+    renderer = get_renderer("chatml", smol_tokenizer)
+    sampler = service.create_sampling_client(base_model=TINY)
+    prompt = renderer.build_generation_prompt([{"role": "user", "content": "Hi"}])
+    tokens = TreadleTokenCompleter(sampler, max_tokens=5)
+    group = asyncio.run(tokens.complete_group(prompt, renderer.get_stop_sequences(), 3))
+    assert len(group) == 3
+    for completion in group:
+        assert 1 <= len(completion.tokens) <= 5
+        assert len(completion.logprobs) == len(completion.tokens)
+        assert completion.stop_reason in ("stop", "length")
+    messages = TreadleMessageCompleter(sampler, renderer, max_tokens=5, temperature=0.0)
+    reply = asyncio.run(messages([{"role": "user", "content": "Hi"}]))
+    assert reply["role"] == "assistant" and isinstance(reply["content"], str)

@@ -139,9 +139,12 @@ class PreferenceDataset:
     def __len__(self) -> int:
         return max(1, len(self.pairs) // self.batch_size)
 
-    def get_batch(self, index: int, epoch: int = 0) -> list[types.Datum]:
-        """Batch `index` of `epoch` as datums [chosen_0, rejected_0, chosen_1, ...]."""
+    def batch_indices(self, index: int, epoch: int = 0) -> list[int]:
+        """The pairs of batch `index` of `epoch`."""
         order = list(range(len(self.pairs)))
         random.Random(self.seed * 7919 + epoch).shuffle(order)
-        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
-        return [datum for i in chosen for datum in self.pairs[i]]
+        return order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def get_batch(self, index: int, epoch: int = 0) -> list[types.Datum]:
+        """Batch `index` of `epoch` as datums [chosen_0, rejected_0, chosen_1, ...]."""
+        return [datum for i in self.batch_indices(index, epoch) for datum in self.pairs[i]]

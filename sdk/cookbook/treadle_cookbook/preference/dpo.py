@@ -5,10 +5,12 @@ weights as the frozen reference.
     loss = mean over pairs of −log σ(β·[(π(chosen) − ref(chosen)) − (π(rejected) − ref(rejected))])
 
 Key decisions:
-- The reference is a sampler checkpoint saved before the first step, so it is exactly the
-  initial weights (the base model for a fresh adapter, or a loaded SFT checkpoint), frozen;
-  its logprobs come from `compute_logprobs`, one request per sequence, and the next batch's are
-  requested before the current step is awaited.
+- The reference is the training client's own weights before the first step: one batched
+  `forward` over every pair, submitted before any optim_step, so it is exactly the initial
+  weights (the base model for a fresh adapter, or a loaded SFT checkpoint), frozen, and computed
+  by the same engine as the policy's logprobs (the implicit rewards start at exactly zero). It
+  costs one forward per pair, like asking a sampler checkpoint with compute_logprobs, but in a
+  few large batched passes.
 - The loss runs here with torch autograd on the logprobs the service returns;
   forward_backward_custom turns its gradient into per-token weights of one forward_backward
   (about 1.5× the cost of a plain step). torch is imported only inside the loss.
@@ -23,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from treadle import APIFuture, SamplingClient, TrainingClient, types
+from treadle import TrainingClient, types
 from treadle_cookbook.preference.data import PreferenceDataset
-from treadle_cookbook.rl.data_processing import full_sequence
 from treadle_cookbook.run_log import RunLog, plot_metrics
 
 PLOT_KEYS = ("dpo_loss", "accuracy", "margin", "test/pref_accuracy", "test/logprob_margin")
@@ -81,22 +82,20 @@ def make_dpo_loss_fn(reference_logprobs_D: Sequence[float], beta: float) -> Any:
     return loss_fn
 
 
-def request_reference(
-    reference: SamplingClient, data: Sequence[types.Datum]
-) -> list[APIFuture[list[float | None]]]:
-    """Reference logprob requests for every datum's full sequence."""
-    return [reference.compute_logprobs(full_sequence(d)) for d in data]
-
-
-def reference_replies(
-    futures: Sequence[APIFuture[list[float | None]]], data: Sequence[types.Datum]
+def reply_logprobs(
+    training_client: TrainingClient, data: Sequence[types.Datum], chunk: int = 64
 ) -> list[float]:
-    """Σ w·lp under the reference, per datum."""
-    out = []
-    for future, datum in zip(futures, data, strict=True):
-        logprobs = np.asarray([0.0 if v is None else v for v in future.result()[1:]])
-        out.append(reply_logprob(logprobs, datum))
-    return out
+    """Σ w·lp of every datum under the training client's current weights (batched forwards,
+    all submitted before any is awaited)."""
+    futures = [
+        training_client.forward(list(data[i : i + chunk]), "cross_entropy")
+        for i in range(0, len(data), chunk)
+    ]
+    outputs = [out for future in futures for out in future.result().loss_fn_outputs]
+    return [
+        reply_logprob(out["logprobs"].to_numpy(), datum)
+        for out, datum in zip(outputs, data, strict=True)
+    ]
 
 
 class PreferenceEvaluator:
@@ -112,11 +111,7 @@ class PreferenceEvaluator:
 
     def margins(self, training_client: TrainingClient) -> np.ndarray:
         """π(chosen) − π(rejected) per pair."""
-        output = training_client.forward(self.data, "cross_entropy").result()
-        replies = [
-            reply_logprob(out["logprobs"].to_numpy(), datum)
-            for out, datum in zip(output.loss_fn_outputs, self.data, strict=True)
-        ]
+        replies = reply_logprobs(training_client, self.data)
         return np.asarray(replies[0::2]) - np.asarray(replies[1::2])
 
     def __call__(self, training_client: TrainingClient) -> dict[str, float]:
@@ -141,6 +136,8 @@ class DPOConfig:
     num_epochs: int = 1  # passes over the pairs
     max_steps: int | None = None  # stop after N steps
     eval_every: int = 5  # evaluators every N steps (and before and after)
+    final_checkpoint: str = "final"  # name of the state + sampler checkpoints saved at the end
+    renderer_name: str = ""  # recorded in every checkpoint's metadata
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -164,6 +161,8 @@ class DPOResult:
     initial_metrics: dict[str, float]
     metrics: dict[str, float]
     log_dir: str
+    state_path: str = ""
+    sampler_path: str = ""
 
 
 def train_dpo(
@@ -183,8 +182,11 @@ def train_dpo(
         beta2=config.adam_beta2,
         eps=config.adam_eps,
     )
-    reference = training_client.save_weights_and_get_sampling_client()
     log = RunLog(config.log_dir, len(schedule) + 1, description="dpo")
+    # the frozen reference: every pair under the initial weights, before the first update
+    reference = np.asarray(
+        reply_logprobs(training_client, [d for pair in dataset.pairs for d in pair])
+    ).reshape(-1, 2)
 
     def evaluate() -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -192,28 +194,37 @@ def train_dpo(
             metrics.update(evaluator(training_client))
         return metrics
 
+    def finish(step: int, pending: tuple[Any, Any, dict[str, float]]) -> None:
+        fb, optim, metrics = pending
+        log.log(step, **{**metrics, **fb.result().metrics, **optim.result().metrics})
+
     initial = evaluate()
-    batch = dataset.get_batch(schedule[0][1], schedule[0][0]) if schedule else []
-    ref_futures = request_reference(reference, batch)
-    for step, _ in enumerate(schedule):
-        metrics = initial if step == 0 else {}
+    pending: tuple[Any, Any, dict[str, float]] | None = None
+    for step, (epoch, index) in enumerate(schedule):
+        metrics = dict(initial) if step == 0 else {}
         if step and config.eval_every and step % config.eval_every == 0:
-            metrics = evaluate()
-        ref = reference_replies(ref_futures, batch)
-        loss_fn = make_dpo_loss_fn(ref, config.beta)
-        fb = training_client.forward_backward_custom(batch, loss_fn)
-        optim = training_client.optim_step(adam)
-        current = batch
-        if step + 1 < len(schedule):  # the next batch's reference logprobs, while this one trains
-            epoch, index = schedule[step + 1]
-            batch = dataset.get_batch(index, epoch)
-            ref_futures = request_reference(reference, batch)
-        output = fb.result()
-        metrics = {**metrics, **output.metrics, **optim.result().metrics}
-        metrics["pairs"] = float(len(current) // 2)
-        log.log(step, **metrics)
-    final = evaluate()
-    log.log(len(schedule), **final)
+            metrics = evaluate()  # its forward runs after the previous step's optim_step
+        pairs = dataset.batch_indices(index, epoch)
+        batch = [datum for i in pairs for datum in dataset.pairs[i]]
+        loss_fn = make_dpo_loss_fn(reference[pairs].reshape(-1).tolist(), config.beta)
+        submitted = (
+            training_client.forward_backward_custom(batch, loss_fn),
+            training_client.optim_step(adam),
+            {**metrics, "pairs": float(len(pairs))},
+        )
+        if pending is not None:  # await the previous step only now: one step per clock cycle
+            finish(step - 1, pending)
+        pending = submitted
+    if pending is not None:
+        finish(len(schedule) - 1, pending)
+    result = DPOResult(len(schedule), initial, evaluate(), config.log_dir)
+    if config.final_checkpoint:
+        name, renderer = config.final_checkpoint, config.renderer_name
+        result.state_path = training_client.save_state(name, None, renderer).result().path
+        sampler = training_client.save_weights_for_sampler(name, None, renderer)
+        result.sampler_path = sampler.result().path
+        log.note(f"checkpoints: {result.state_path} {result.sampler_path}")
+    log.log(len(schedule), **result.metrics)
     log.close()
     plot_metrics(log.path, log.dir / "metrics.png", list(config.plot_keys), "DPO")
-    return DPOResult(len(schedule), initial, final, config.log_dir)
+    return result

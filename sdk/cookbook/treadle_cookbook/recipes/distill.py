@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-prompts", default=str(data_path("chat_sft_test.jsonl")), help="held-out prompts"
     )
+    parser.add_argument("--prompt-limit", type=int, default=64, help="training prompts used")
     parser.add_argument("--eval-limit", type=int, default=16, help="held-out prompts used")
     parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt")
     parser.add_argument("--lora-rank", type=int, default=16)
@@ -122,7 +123,8 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
     """The whole job against a connected service; returns the report (also report.json)."""
     started = time.monotonic()
     log_dir = Path(args.log_dir)
-    prompts, test_prompts = load_prompts(args.prompts), load_prompts(args.test_prompts)
+    prompts = load_prompts(args.prompts)[: args.prompt_limit]
+    test_prompts = load_prompts(args.test_prompts)
     renderer = get_renderer(args.renderer, service.get_tokenizer(args.base_model))
     teacher, described = make_teacher(service, args, renderer)
     held_out = PromptDataset(test_prompts[: args.eval_limit], renderer, args.eval_limit, 1, 1)
@@ -142,11 +144,13 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
             learning_rate=args.learning_rate,
             max_tokens=args.max_tokens,
             plot_keys=("distill/reverse_kl", "test/reverse_kl", "optim/kl_sample_train_v1"),
+            renderer_name=renderer.name,
         )
         result = asyncio.run(
             train_on_policy(config, student, teacher, dataset, [evaluator], args.kl_coef)
         )
         before, after = result.initial_metrics, result.metrics
+        checkpoint = result.state_path
     else:
         before = asyncio.run(
             evaluator.evaluate(service.create_sampling_client(base_model=args.base_model))
@@ -157,6 +161,11 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
             )
         )
         print(f"{len(conversations)} clean teacher answers to {len(prompts)} prompts", flush=True)
+        if not conversations:
+            raise ValueError(
+                f"teacher: no answer ended cleanly within --max-tokens {args.max_tokens}; "
+                "raise --max-tokens or use a stronger teacher"
+            )
         datums = conversations_to_datums(
             conversations, renderer, 256, TrainOnWhat.LAST_ASSISTANT_MESSAGE
         )
@@ -178,9 +187,11 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         )
         student = service.create_sampling_client(model_path=sft.sampler_path)
         after = asyncio.run(evaluator.evaluate(student))
+        checkpoint = sft.state_path
     report = {
         "method": args.method,
         "teacher": described,
+        "training_prompts": len(prompts),
         "held_out_prompts": len(held_out.prompts),
         "samples_per_prompt": args.eval_samples,
         "steps": args.steps,
@@ -188,6 +199,7 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         "before": before,
         "after": after,
         "seconds": round(time.monotonic() - started, 1),
+        "state_checkpoint": checkpoint,
         "metrics": str(log_dir / "metrics.jsonl"),
         "plot": str(log_dir / "metrics.png"),
     }
@@ -204,6 +216,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"prompts x {report['samples_per_prompt']} samples): before {before:.4f}  after {after:.4f}"
     )
     print(f"{report['method']}: {report['steps']} steps in {report['seconds']}s")
+    print(f"checkpoint: {report['state_checkpoint']}")
     print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
 
 

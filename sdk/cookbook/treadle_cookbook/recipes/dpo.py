@@ -85,6 +85,7 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         num_epochs=args.epochs,
         max_steps=args.max_steps,
         eval_every=args.eval_every,
+        renderer_name=renderer.name,
     )
     print(
         f"dpo: {len(train_pairs)} training pairs, {len(test_pairs)} held-out, "
@@ -104,6 +105,8 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         "before": result.initial_metrics,
         "after": result.metrics,
         "seconds": round(time.monotonic() - started, 1),
+        "state_checkpoint": result.state_path,
+        "sampler_checkpoint": result.sampler_path,
         "metrics": str(log_dir / "metrics.jsonl"),
         "plot": str(log_dir / "metrics.png"),
     }
@@ -119,6 +122,7 @@ def print_report(report: dict[str, Any]) -> None:
             before = report["before"].get(key, float("nan"))
             print(f"  {key:32s} before {before:8.3f}  after {report['after'][key]:8.3f}")
     print(f"trained {report['steps']} steps in {report['seconds']}s")
+    print(f"checkpoint: {report['state_checkpoint']}")
     print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
 
 

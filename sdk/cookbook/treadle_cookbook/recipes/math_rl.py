@@ -25,7 +25,11 @@ from treadle_cookbook.recipes import DEFAULT_BASE_MODEL, add_service_args, conne
 from treadle_cookbook.renderers import RENDERER_NAMES, RenderError, get_renderer
 from treadle_cookbook.rl import AsyncConfig, Config, RLTestSetEvaluator, StreamMinibatchConfig
 from treadle_cookbook.rl import train as rl_train
-from treadle_cookbook.rl.arithmetic_env import ArithmeticDataset, held_out_dataset
+from treadle_cookbook.rl.arithmetic_env import (
+    ArithmeticDataset,
+    arithmetic_problems,
+    held_out_dataset,
+)
 from treadle_cookbook.rl.train_step import RL_LOSSES
 
 MODES = ("sync", "async", "stream")
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", default="runs/math_rl", help="metrics, plot, report")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps")
     parser.add_argument("--groups-per-batch", type=int, default=8, help="problems per step")
     parser.add_argument("--group-size", type=int, default=6, help="answers per problem")
     parser.add_argument("--max-tokens", type=int, default=12, help="tokens per answer")
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps-off-policy", type=int, default=1, help="async mode")
     parser.add_argument("--num-minibatches", type=int, default=2, help="stream mode")
     parser.add_argument("--min-operand", type=int, default=0)
-    parser.add_argument("--max-operand", type=int, default=9)
+    parser.add_argument("--max-operand", type=int, default=19)
     parser.add_argument("--ops", default="+", help="operations, e.g. '+-'")
     parser.add_argument("--eval-limit", type=int, default=0, help="held-out problems (0 = all)")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps")
@@ -92,6 +96,8 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
     log_dir = Path(args.log_dir)
     config = _config(args)
     config.validate()
+    operands = {"min_operand": args.min_operand, "max_operand": args.max_operand, "ops": args.ops}
+    arithmetic_problems("test", **operands)  # a bad problem space fails before a model exists
     if args.load_checkpoint:
         training = service.create_training_client_from_state(args.load_checkpoint)
     else:
@@ -99,7 +105,7 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
             base_model=args.base_model, rank=args.lora_rank, seed=args.seed
         )
     renderer = get_renderer(args.renderer, training.get_tokenizer())
-    operands = {"min_operand": args.min_operand, "max_operand": args.max_operand, "ops": args.ops}
+    config.renderer_name = renderer.name
     dataset = ArithmeticDataset(
         renderer,
         args.groups_per_batch,
@@ -129,7 +135,8 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         "before": result.initial_metrics,
         "after": result.metrics,
         "seconds": round(time.monotonic() - started, 1),
-        "sampler_weights": result.sampling_client.model_path,
+        "state_checkpoint": result.state_path,
+        "sampler_checkpoint": result.sampler_path,
         "metrics": str(log_dir / "metrics.jsonl"),
         "plot": str(log_dir / "metrics.png"),
     }
@@ -148,6 +155,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"{after.get('test/format', float('nan')):.3f})"
     )
     print(f"trained {report['steps']} steps in {report['seconds']}s")
+    print(f"checkpoint: {report['state_checkpoint']}")
     print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
 
 

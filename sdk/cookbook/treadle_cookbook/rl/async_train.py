@@ -25,7 +25,7 @@ from treadle_cookbook.rl.metrics import compute_trajectory_metrics
 from treadle_cookbook.rl.rollouts import do_group_rollout
 from treadle_cookbook.rl.train import Config, Run, TrainResult
 from treadle_cookbook.rl.train_step import train_on_groups
-from treadle_cookbook.rl.types import EnvGroupBuilder, RLDataset, TrajectoryGroup
+from treadle_cookbook.rl.types import EnvGroupBuilder, RLDataset, RolloutError, TrajectoryGroup
 
 
 @dataclass
@@ -73,7 +73,11 @@ async def do_async_training(
         while True:
             builder = await work.get()
             version = current  # the weights this group is sampled with
-            group = await do_group_rollout(builder, run.policy(version.sampling_client))
+            try:
+                group = await do_group_rollout(builder, run.policy(version.sampling_client))
+            except Exception as error:  # a worker never dies: the trainer counts on its groups
+                failure = RolloutError(type(builder).__name__, f"{type(error).__name__}: {error}")
+                group = TrajectoryGroup([], [], [], [failure])
             await finished.put(SampledGroup(group, version.step, builder))
 
     workers = [asyncio.ensure_future(worker()) for _ in range(per_step)]

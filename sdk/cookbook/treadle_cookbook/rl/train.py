@@ -79,6 +79,8 @@ class Config:
     eval_every: int = 0  # run the evaluators every N steps (0: only before and after)
     save_every: int = 0  # save a state checkpoint every N steps (0: never)
     max_steps: int | None = None  # stop after N steps (default: the whole dataset)
+    final_checkpoint: str = "final"  # name of the state + sampler checkpoints saved at the end
+    renderer_name: str = ""  # recorded in every checkpoint's metadata
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -119,6 +121,8 @@ class TrainResult:
     metrics: dict[str, float]  # the final evaluation's metrics
     initial_metrics: dict[str, float]  # the evaluation before the first step
     log_dir: str
+    state_path: str = ""  # the final state checkpoint (weights + optimizer), if saved
+    sampler_path: str = ""  # the final sampler checkpoint (PEFT adapter), if saved
 
 
 async def evaluate(evaluators: Sequence[Any], sampling_client: SamplingClient) -> dict[str, float]:
@@ -174,7 +178,9 @@ class Run:
             if step == 0:
                 self.initial_metrics = dict(metrics)
         if self.config.save_every and step and step % self.config.save_every == 0:
-            saved = await self.training_client.save_state(f"rl-{step:06d}")
+            saved = await self.training_client.save_state(
+                f"rl-{step:06d}", renderer_name=self.config.renderer_name
+            )
             self.log.note(f"step {step}: state checkpoint {saved.path}")
         return metrics
 
@@ -185,14 +191,21 @@ class Run:
                 self.log.note(f"step {step}: rollout excluded ({error.where}): {error.message}")
 
     async def finish(self, sampling_client: SamplingClient) -> TrainResult:
-        """Final evaluation, the last log entry, the plot."""
+        """Final evaluation, the final checkpoints, the last log entry, the plot."""
         metrics = await evaluate(self.evaluators, sampling_client) if self.evaluators else {}
+        result = TrainResult(
+            sampling_client, self.total_steps, metrics, self.initial_metrics, self.config.log_dir
+        )
+        if self.config.final_checkpoint:
+            name, renderer = self.config.final_checkpoint, self.config.renderer_name
+            state = self.training_client.save_state(name, None, renderer)
+            sampler = self.training_client.save_weights_for_sampler(name, None, renderer)
+            result.state_path, result.sampler_path = (await state).path, (await sampler).path
+            self.log.note(f"checkpoints: {result.state_path} {result.sampler_path}")
         self.log.log(self.total_steps, **metrics)
         self.log.close()
         plot_metrics(self.log.path, self.log.dir / "metrics.png", list(self.config.plot_keys), "RL")
-        return TrainResult(
-            sampling_client, self.total_steps, metrics, self.initial_metrics, self.config.log_dir
-        )
+        return result
 
 
 async def train(
