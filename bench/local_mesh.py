@@ -17,8 +17,11 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @contextmanager
-def local_mesh(base_model: str, tenants: int) -> Iterator[tuple[LocalMesh, list[str]]]:
-    """A mesh with `tenants` extra API keys (tml-bench-0 ... ) and metrics on."""
+def local_mesh(
+    base_model: str, tenants: int, torch_threads: int = 0
+) -> Iterator[tuple[LocalMesh, list[str]]]:
+    """A mesh with `tenants` extra API keys (tml-bench-0 ... ) and metrics on; `torch_threads`
+    per trainer and sampler (0: the launcher's default, the cores shared equally)."""
     keys = [f"tml-bench-{i}" for i in range(tenants)]
     with tempfile.TemporaryDirectory(prefix="treadle-bench-") as data_dir:
         config = UpConfig(
@@ -26,6 +29,7 @@ def local_mesh(base_model: str, tenants: int) -> Iterator[tuple[LocalMesh, list[
             port=0,
             data_dir=data_dir,
             metrics=True,
+            torch_threads=torch_threads,
             api_keys=",".join(f"{k}=tenant-{i}" for i, k in enumerate(keys)),
         )
         with LocalMesh(config) as mesh:

@@ -132,18 +132,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument(
-        "--trainer-threads", type=int, default=0, help="the trainer's torch threads (0 = default)"
+        "--trainer-threads",
+        type=int,
+        default=0,
+        help="the trainer's torch threads (0 = the launcher's default, the cores shared equally)",
     )
     args = parser.parse_args()
-    if args.trainer_threads:  # the launcher passes the environment on to the trainer process
-        os.environ["TREADLE_TRAINER_TORCH_THREADS"] = str(args.trainer_threads)
+    if args.trainer_threads:
         torch.set_num_threads(args.trainer_threads)
     # the trainer's MFU denominator: measured here, as the other benchmarks measure it, rather
     # than in the seconds of the trainer's startup when the whole mesh is starting too
     peak = measure_matmul_peak(torch.device("cpu"), torch.float32, repeats=10)
     os.environ["TREADLE_TRAINER_PEAK_FLOPS"] = repr(peak)
     records = []
-    with local_mesh(MODEL, tenants=max(args.tenants)) as (mesh, _):
+    with local_mesh(MODEL, max(args.tenants), args.trainer_threads) as (mesh, _):
         for n in args.tenants:
             records.append(measure(mesh, n, args))
             print(f"  {n} tenants: {records[-1]['tokens_per_s']:.0f} tokens/s", flush=True)

@@ -32,6 +32,7 @@ def test_the_sglang_engine_is_configured_like_every_other_field() -> None:
         (["--max-adapters", "0"], "max_adapters"),
         (["--max-num-samples", "0"], "max_num_samples"),
         (["--max-batch-size", "-1"], "max_batch_size"),
+        (["--torch-threads", "-1"], "torch_threads"),
         (["--sglang-url", "localhost:30000"], "sglang_url"),
         (["--sglang-port", "70000"], "sglang_port"),
         (["--sglang-max-lora-rank", "0"], "sglang_max_lora_rank"),

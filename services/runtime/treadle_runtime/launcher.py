@@ -45,6 +45,13 @@ class UpConfig:
     api_keys: str = field(default="", metadata={"help": "more keys, as KEY=tenant,KEY2=tenant2"})
     trainers: int = field(default=1, metadata={"help": "trainer processes"})
     samplers: int = field(default=1, metadata={"help": "sampler processes"})
+    torch_threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch CPU threads per trainer and sampler "
+            "(0 = this machine's cores shared equally among them, at least 1 each)"
+        },
+    )
     metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
     startup_timeout: float = field(default=120.0, metadata={"help": "seconds to become healthy"})
 
@@ -60,6 +67,16 @@ class UpConfig:
             raise ValueError(f"port: {self.port} is not in 0..65535")
         if self.trainers < 1 or self.samplers < 1:
             raise ValueError("trainers, samplers: at least one of each")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
+
+    def threads_per_worker(self) -> int:
+        """torch threads of each trainer and sampler: the cores shared equally unless set, so
+        the workers' OpenMP pools do not fight over the same cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        workers = len(self.base_models()) * (self.trainers + self.samplers)
+        return max(1, (os.cpu_count() or 1) // workers)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -225,7 +242,11 @@ class LocalMesh:
         self._await([checkpoints], deadline)
         workers: list[Service] = []
         for m, model in enumerate(config.base_models()):
-            flags: dict[str, object] = {"base_model": model, "checkpoints": checkpoints.address}
+            flags: dict[str, object] = {
+                "base_model": model,
+                "checkpoints": checkpoints.address,
+                "torch_threads": config.threads_per_worker(),
+            }
             tag = "" if m == 0 else f"{m}-"  # trainer-0, trainer-1-0 for a second model, ...
             workers += [
                 self._spawn(f"trainer-{tag}{i}", "treadle_trainer", flags)

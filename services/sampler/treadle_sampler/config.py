@@ -40,6 +40,9 @@ class SamplerConfig(ServerConfig):
         default="",
         metadata={"help": "folder for loaded adapters' PEFT files (empty: a temporary folder)"},
     )
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for torch (0 = torch's default, all cores)"}
+    )
     sglang_url: str = field(
         default="", metadata={"help": "SGLang server to attach to (empty: launch one)"}
     )
@@ -68,6 +71,8 @@ class SamplerConfig(ServerConfig):
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.sglang_url and not self.sglang_url.startswith(("http://", "https://")):
             raise ValueError(f"sglang_url: {self.sglang_url!r} is not an http(s) URL")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
         if not 0 <= self.sglang_port <= 65535:
             raise ValueError(f"sglang_port: {self.sglang_port} is not in 0..65535")
         if self.sglang_timeout_seconds <= 0:

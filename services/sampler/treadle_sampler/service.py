@@ -151,6 +151,10 @@ def build(
     async def setup(server: grpc.aio.Server) -> list[str]:
         nonlocal engine, source
         if engine is None:
+            if config.torch_threads:  # e.g. the CPU limit of a container, not the host's cores
+                import torch
+
+                torch.set_num_threads(config.torch_threads)
             engine = await asyncio.to_thread(make_engine, config)
             owned.append(engine)
         if source is None and config.checkpoints:
