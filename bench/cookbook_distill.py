@@ -13,16 +13,13 @@ same held-out prompts (samples seeded). Prints a table and writes results/cookbo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from cookbook_common import mesh_for, table, write_results
+from cookbook_common import finish, mesh_for
 
 from treadle_cookbook.recipes import distill
 from treadle_cookbook.renderers import get_renderer
-
-DEFAULTS: list[str] = []
 
 
 def main() -> int:
@@ -31,7 +28,7 @@ def main() -> int:
     parser.add_argument("recipe_args", nargs="*", help="distill flags (after --)")
     args = parser.parse_args()
     started = time.monotonic()
-    base = distill.build_parser().parse_args([*DEFAULTS, *args.recipe_args])
+    base = distill.build_parser().parse_args(args.recipe_args)
     runs = []
     with mesh_for(base) as (service, startup_s):
         if not (base.teacher_checkpoint or base.teacher_base_model):
@@ -42,7 +39,6 @@ def main() -> int:
         for method in args.methods.split(","):
             recipe = distill.build_parser().parse_args(
                 [
-                    *DEFAULTS,
                     *args.recipe_args,
                     "--method",
                     method,
@@ -74,22 +70,7 @@ def main() -> int:
                 r["seconds"],
             ]
         )
-    print(table(headers, rows))
-    config = vars(base)
-    config.pop("api_key", None)
-    path = write_results(
-        "cookbook_distill",
-        {
-            "model": base.base_model,
-            "teacher": base.teacher_checkpoint,
-            "config": config,
-            "runs": runs,
-            "table": {"headers": headers, "rows": rows},
-            "total_s": round(time.monotonic() - started, 1),
-            "load_average_at_end": list(os.getloadavg()),
-        },
-    )
-    print(f"results: {path}")
+    finish("cookbook_distill", base, runs, headers, rows, started, teacher=base.teacher_checkpoint)
     return 0
 
 

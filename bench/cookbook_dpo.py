@@ -12,15 +12,12 @@ Any dpo flag can be passed through:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from cookbook_common import mesh_for, table, write_results
+from cookbook_common import finish, run_seeds
 
 from treadle_cookbook.recipes import dpo
-
-DEFAULTS: list[str] = []
 
 
 def main() -> int:
@@ -29,24 +26,7 @@ def main() -> int:
     parser.add_argument("recipe_args", nargs="*", help="dpo flags (after --)")
     args = parser.parse_args()
     started = time.monotonic()
-    runs = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        recipe = dpo.build_parser().parse_args(
-            [
-                *DEFAULTS,
-                "--log-dir",
-                f"runs/bench_dpo/seed{seed}",
-                "--seed",
-                str(seed),
-                *args.recipe_args,
-            ]
-        )
-        with mesh_for(recipe) as (service, startup_s):
-            report = dpo.run(service, recipe)
-        report["mesh_startup_s"] = round(startup_s, 1)
-        runs.append(report)
-        dpo.print_report(report)
-
+    runs = run_seeds(dpo, "dpo", args.seeds, args.recipe_args)
     keys = ["test/pref_accuracy", "test/pref_accuracy/style", "test/pref_accuracy/correctness"]
     headers = ["seed", "steps", "held-out pairs"]
     headers += [f"{k.removeprefix('test/')} {w}" for k in keys for w in ("before", "after")]
@@ -57,21 +37,8 @@ def main() -> int:
         + [r["seconds"]]
         for r in runs
     ]
-    print(table(headers, rows))
-    config = vars(dpo.build_parser().parse_args([*DEFAULTS, *args.recipe_args]))
-    config.pop("api_key", None)
-    path = write_results(
-        "cookbook_dpo",
-        {
-            "model": config["base_model"],
-            "config": config,
-            "runs": runs,
-            "table": {"headers": headers, "rows": rows},
-            "total_s": round(time.monotonic() - started, 1),
-            "load_average_at_end": list(os.getloadavg()),
-        },
-    )
-    print(f"results: {path}")
+    config = dpo.build_parser().parse_args(args.recipe_args)
+    finish("cookbook_dpo", config, runs, headers, rows, started)
     return 0
 
 

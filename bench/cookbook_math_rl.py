@@ -12,15 +12,12 @@ results/cookbook_math_rl.json. Any math_rl flag can be passed through:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from cookbook_common import mesh_for, table, write_results
+from cookbook_common import finish, run_seeds
 
 from treadle_cookbook.recipes import math_rl
-
-DEFAULTS: list[str] = []
 
 
 def main() -> int:
@@ -29,66 +26,18 @@ def main() -> int:
     parser.add_argument("recipe_args", nargs="*", help="math_rl flags (after --)")
     args = parser.parse_args()
     started = time.monotonic()
-    runs = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        recipe = math_rl.build_parser().parse_args(
-            [
-                *DEFAULTS,
-                "--log-dir",
-                f"runs/bench_math_rl/seed{seed}",
-                "--seed",
-                str(seed),
-                *args.recipe_args,
-            ]
-        )
-        with mesh_for(recipe) as (service, startup_s):
-            report = math_rl.run(service, recipe)
-        report["mesh_startup_s"] = round(startup_s, 1)
-        runs.append(report)
-        math_rl.print_report(report)
-
-    rows = [
-        [
-            r["seed"],
-            r["steps"],
-            r["held_out_problems"],
-            round(r["before"]["test/correct"], 3),
-            round(r["after"]["test/correct"], 3),
-            round(r["after"]["test/correct"] - r["before"]["test/correct"], 3),
-            round(r["before"]["test/format"], 3),
-            round(r["after"]["test/format"], 3),
-            r["mesh_startup_s"],
-            r["seconds"],
-        ]
-        for r in runs
-    ]
-    headers = [
-        "seed",
-        "steps",
-        "held-out problems",
-        "accuracy before",
-        "accuracy after",
-        "gain",
-        "format before",
-        "format after",
-        "mesh start s",
-        "run s",
-    ]
-    print(table(headers, rows))
-    config = vars(math_rl.build_parser().parse_args([*DEFAULTS, *args.recipe_args]))
-    config.pop("api_key", None)
-    path = write_results(
-        "cookbook_math_rl",
-        {
-            "model": config["base_model"],
-            "config": config,
-            "runs": runs,
-            "table": {"headers": headers, "rows": rows},
-            "total_s": round(time.monotonic() - started, 1),
-            "load_average_at_end": list(os.getloadavg()),
-        },
-    )
-    print(f"results: {path}")
+    runs = run_seeds(math_rl, "math_rl", args.seeds, args.recipe_args)
+    headers = ["seed", "steps", "held-out problems", "accuracy before", "accuracy after"]
+    headers += ["gain", "format before", "format after", "mesh start s", "run s"]
+    rows = []
+    for r in runs:
+        before, after = r["before"]["test/correct"], r["after"]["test/correct"]
+        formats = [round(r[w]["test/format"], 3) for w in ("before", "after")]
+        counts = [r["seed"], r["steps"], r["held_out_problems"]]
+        accuracy = [round(before, 3), round(after, 3), round(after - before, 3)]
+        rows.append([*counts, *accuracy, *formats, r["mesh_startup_s"], r["seconds"]])
+    config = math_rl.build_parser().parse_args(args.recipe_args)
+    finish("cookbook_math_rl", config, runs, headers, rows, started)
     return 0
 
 

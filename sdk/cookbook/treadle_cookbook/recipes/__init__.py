@@ -1,16 +1,22 @@
 """Runnable recipes (`python -m treadle_cookbook.recipes.<name> --help`) and what their command
-lines share: how to reach a mesh. `--base-url` / `--api-key` default to TREADLE_BASE_URL /
-TREADLE_API_KEY (TINKER_* are read too); `--local` starts a whole local mesh for the run instead
-and stops it afterwards.
+lines share: how to reach a mesh, the report every run leaves (report.json beside metrics.jsonl
+and metrics.png), and the exit code 2 with a one-line error for bad data or flags.
+`--base-url` / `--api-key` default to TREADLE_BASE_URL / TREADLE_API_KEY (TINKER_* are read too);
+`--local` starts a whole local mesh for the run instead and stops it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import treadle
 
@@ -66,3 +72,43 @@ def connect(args: argparse.Namespace, base_model: str) -> Iterator[treadle.Servi
         raise SystemExit("no mesh: pass --base-url (or set TREADLE_BASE_URL), or --local")
     with treadle.ServiceClient(base_url=args.base_url, api_key=args.api_key) as client:
         yield client
+
+
+def write_report(log_dir: str | Path, started: float, **fields: Any) -> dict[str, Any]:
+    """The run's report: `fields`, its duration and where its curves are; also report.json."""
+    log_dir = Path(log_dir)
+    report = {
+        **fields,
+        "seconds": round(time.monotonic() - started, 1),
+        "metrics": str(log_dir / "metrics.jsonl"),
+        "plot": str(log_dir / "metrics.png"),
+    }
+    (log_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_footer(report: dict[str, Any], done: str) -> None:
+    """The report's closing lines: what ran in how long, the checkpoint, the curves."""
+    print(f"{done} in {report['seconds']}s")
+    print(f"checkpoint: {report['state_checkpoint']}")
+    print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
+
+
+def run_recipe(
+    args: argparse.Namespace,
+    run: Callable[[treadle.ServiceClient, argparse.Namespace], dict[str, Any]],
+    print_report: Callable[[dict[str, Any]], None],
+    errors: tuple[type[Exception], ...],
+    check: Callable[[], object] = lambda: None,
+) -> int:
+    """`check` the data (before any mesh starts), run against the flags' mesh, print the report;
+    `errors` (and ValueError) become one line on stderr and exit code 2."""
+    try:
+        check()
+        with connect(args, args.base_model) as service:
+            report = run(service, args)
+    except (*errors, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_report(report)
+    return 0

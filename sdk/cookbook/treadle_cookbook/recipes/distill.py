@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,13 @@ from treadle_cookbook.distillation import (
     train_on_policy,
 )
 from treadle_cookbook.hyperparams import get_lr
-from treadle_cookbook.recipes import DEFAULT_BASE_MODEL, add_service_args, connect
+from treadle_cookbook.recipes import (
+    DEFAULT_BASE_MODEL,
+    add_service_args,
+    print_footer,
+    run_recipe,
+    write_report,
+)
 from treadle_cookbook.renderers import (
     RENDERER_NAMES,
     Renderer,
@@ -188,23 +193,20 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         student = service.create_sampling_client(model_path=sft.sampler_path)
         after = asyncio.run(evaluator.evaluate(student))
         checkpoint = sft.state_path
-    report = {
-        "method": args.method,
-        "teacher": described,
-        "training_prompts": len(prompts),
-        "held_out_prompts": len(held_out.prompts),
-        "samples_per_prompt": args.eval_samples,
-        "steps": args.steps,
-        "seed": args.seed,
-        "before": before,
-        "after": after,
-        "seconds": round(time.monotonic() - started, 1),
-        "state_checkpoint": checkpoint,
-        "metrics": str(log_dir / "metrics.jsonl"),
-        "plot": str(log_dir / "metrics.png"),
-    }
-    (log_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        log_dir,
+        started,
+        method=args.method,
+        teacher=described,
+        training_prompts=len(prompts),
+        held_out_prompts=len(held_out.prompts),
+        samples_per_prompt=args.eval_samples,
+        steps=args.steps,
+        seed=args.seed,
+        before=before,
+        after=after,
+        state_checkpoint=checkpoint,
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -215,24 +217,18 @@ def print_report(report: dict[str, Any]) -> None:
         f"held-out reverse KL(student || teacher) per token ({report['held_out_prompts']} "
         f"prompts x {report['samples_per_prompt']} samples): before {before:.4f}  after {after:.4f}"
     )
-    print(f"{report['method']}: {report['steps']} steps in {report['seconds']}s")
-    print(f"checkpoint: {report['state_checkpoint']}")
-    print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
+    print_footer(report, f"{report['method']}: {report['steps']} steps")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the exit code is 2 for bad data or flags."""
     args = build_parser().parse_args(argv)
-    try:
-        load_prompts(args.prompts)  # bad data fails before a mesh is started
+
+    def check() -> None:  # bad data fails before a mesh is started
+        load_prompts(args.prompts)
         load_prompts(args.test_prompts)
-        with connect(args, args.base_model) as service:
-            report = run(service, args)
-    except (DatasetError, RenderError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_report(report)
-    return 0
+
+    return run_recipe(args, run, print_report, (DatasetError, RenderError), check)
 
 
 if __name__ == "__main__":

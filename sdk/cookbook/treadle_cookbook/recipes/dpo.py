@@ -12,10 +12,8 @@ reply the model finds more likely than the rejected one.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import treadle
@@ -28,7 +26,13 @@ from treadle_cookbook.preference import (
     load_preference_pairs,
     train_dpo,
 )
-from treadle_cookbook.recipes import DEFAULT_BASE_MODEL, add_service_args, connect
+from treadle_cookbook.recipes import (
+    DEFAULT_BASE_MODEL,
+    add_service_args,
+    print_footer,
+    run_recipe,
+    write_report,
+)
 from treadle_cookbook.renderers import RENDERER_NAMES, RenderError, get_renderer
 
 
@@ -94,24 +98,20 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         flush=True,
     )
     result = train_dpo(config, training, dataset, [PreferenceEvaluator(test)])
-    log_dir = Path(args.log_dir)
-    report = {
-        "training_pairs": len(train_pairs),
-        "held_out_pairs": len(test_pairs),
-        "steps": result.steps,
-        "seed": args.seed,
-        "beta": args.beta,
-        "learning_rate": args.learning_rate,
-        "before": result.initial_metrics,
-        "after": result.metrics,
-        "seconds": round(time.monotonic() - started, 1),
-        "state_checkpoint": result.state_path,
-        "sampler_checkpoint": result.sampler_path,
-        "metrics": str(log_dir / "metrics.jsonl"),
-        "plot": str(log_dir / "metrics.png"),
-    }
-    (log_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        args.log_dir,
+        started,
+        training_pairs=len(train_pairs),
+        held_out_pairs=len(test_pairs),
+        steps=result.steps,
+        seed=args.seed,
+        beta=args.beta,
+        learning_rate=args.learning_rate,
+        before=result.initial_metrics,
+        after=result.metrics,
+        state_checkpoint=result.state_path,
+        sampler_checkpoint=result.sampler_path,
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -121,24 +121,18 @@ def print_report(report: dict[str, Any]) -> None:
         if "pref_accuracy" in key or "logprob_margin" in key:
             before = report["before"].get(key, float("nan"))
             print(f"  {key:32s} before {before:8.3f}  after {report['after'][key]:8.3f}")
-    print(f"trained {report['steps']} steps in {report['seconds']}s")
-    print(f"checkpoint: {report['state_checkpoint']}")
-    print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
+    print_footer(report, f"trained {report['steps']} steps")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the exit code is 2 for bad data or flags."""
     args = build_parser().parse_args(argv)
-    try:
-        load_preference_pairs(args.train_file)  # bad data fails before a mesh is started
+
+    def check() -> None:  # bad data fails before a mesh is started
+        load_preference_pairs(args.train_file)
         load_preference_pairs(args.test_file)
-        with connect(args, args.base_model) as service:
-            report = run(service, args)
-    except (PreferenceDataError, RenderError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_report(report)
-    return 0
+
+    return run_recipe(args, run, print_report, (PreferenceDataError, RenderError), check)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import treadle
-from treadle_cookbook.recipes import DEFAULT_BASE_MODEL, add_service_args, connect
+from treadle_cookbook.recipes import (
+    DEFAULT_BASE_MODEL,
+    add_service_args,
+    print_footer,
+    run_recipe,
+    write_report,
+)
 from treadle_cookbook.renderers import RENDERER_NAMES, RenderError, get_renderer
 from treadle_cookbook.rl import AsyncConfig, Config, RLTestSetEvaluator, StreamMinibatchConfig
 from treadle_cookbook.rl import train as rl_train
@@ -125,23 +130,20 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         flush=True,
     )
     result = asyncio.run(rl_train(config, training, dataset, [evaluator]))
-    report = {
-        "held_out_problems": len(test.get_batch(0)),
-        "training_problems": len(dataset.problems),
-        "steps": result.steps,
-        "seed": args.seed,
-        "mode": args.mode,
-        "loss_fn": args.loss_fn,
-        "before": result.initial_metrics,
-        "after": result.metrics,
-        "seconds": round(time.monotonic() - started, 1),
-        "state_checkpoint": result.state_path,
-        "sampler_checkpoint": result.sampler_path,
-        "metrics": str(log_dir / "metrics.jsonl"),
-        "plot": str(log_dir / "metrics.png"),
-    }
-    (log_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(
+        log_dir,
+        started,
+        held_out_problems=len(test.get_batch(0)),
+        training_problems=len(dataset.problems),
+        steps=result.steps,
+        seed=args.seed,
+        mode=args.mode,
+        loss_fn=args.loss_fn,
+        before=result.initial_metrics,
+        after=result.metrics,
+        state_checkpoint=result.state_path,
+        sampler_checkpoint=result.sampler_path,
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -154,22 +156,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"(format {before.get('test/format', float('nan')):.3f} -> "
         f"{after.get('test/format', float('nan')):.3f})"
     )
-    print(f"trained {report['steps']} steps in {report['seconds']}s")
-    print(f"checkpoint: {report['state_checkpoint']}")
-    print(f"metrics: {report['metrics']}\nplot: {report['plot']}")
+    print_footer(report, f"trained {report['steps']} steps")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the exit code is 2 for bad flags."""
-    args = build_parser().parse_args(argv)
-    try:
-        with connect(args, args.base_model) as service:
-            report = run(service, args)
-    except (RenderError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_report(report)
-    return 0
+    return run_recipe(build_parser().parse_args(argv), run, print_report, (RenderError,))
 
 
 if __name__ == "__main__":
