@@ -8,12 +8,11 @@ tasks are `arithmetic` and `multiple_choice` (treadle_cookbook/data/tasks/).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadle_cookbook.data import DATA_DIR
+from treadle_cookbook.data import DATA_DIR, jsonl_records
 
 TASKS_DIR = DATA_DIR / "tasks"
 GRADERS = ("number", "choice", "exact")
@@ -58,16 +57,7 @@ def load_task(task: str) -> list[TaskItem]:
     path = task_path(task)
     items: list[TaskItem] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TaskError(
-                f"{source}: not valid JSON ({error.msg} at column {error.colno})"
-            ) from None
+    for source, record in jsonl_records(path, TaskError):
         if not isinstance(record, dict):
             raise TaskError(f"{source}: expected an object")
         for key in ("id", "prompt", "answer"):

@@ -11,13 +11,13 @@ prompt.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from treadle import types
+from treadle_cookbook.data import jsonl_records
 from treadle_cookbook.renderers import (
     Message,
     Renderer,
@@ -77,21 +77,8 @@ def parse_pair(record: object, source: str) -> PreferencePair:
 
 def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
     """Every pair of a JSONL file (blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PreferenceDataError(f"{path}: no such file")
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PreferenceDataError(
-                f"{source}: not valid JSON ({error.msg} at column {error.colno})"
-            ) from None
-        pairs.append(parse_pair(record, source))
+    records = jsonl_records(path, PreferenceDataError)
+    pairs = [parse_pair(record, source) for source, record in records]
     if not pairs:
         raise PreferenceDataError(f"{path}: no preference pairs")
     return pairs

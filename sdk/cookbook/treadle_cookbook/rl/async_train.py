@@ -24,7 +24,6 @@ from treadle import SamplingClient, TrainingClient
 from treadle_cookbook.rl.metrics import compute_trajectory_metrics
 from treadle_cookbook.rl.rollouts import do_group_rollout
 from treadle_cookbook.rl.train import Config, Run, TrainResult
-from treadle_cookbook.rl.train_step import train_on_groups
 from treadle_cookbook.rl.types import EnvGroupBuilder, RLDataset, RolloutError, TrajectoryGroup
 
 
@@ -88,16 +87,7 @@ async def do_async_training(
             batch, requeued = await _collect_fresh(step, per_step, max_off, finished, work)
             waited = time.monotonic()
             groups = [s.group for s in batch]
-            train_metrics = await train_on_groups(
-                groups,
-                training_client,
-                config.adam(),
-                config.num_substeps,
-                config.loss_fn,
-                config.loss_fn_config,
-                run.reference,
-                config.kl_penalty_coef,
-            )
+            train_metrics = await run.train(groups)
             run.report_errors(step, groups)
             if train_metrics.get("trained"):
                 current = PolicyVersion(await run.new_sampling_client(), step + 1)

@@ -184,6 +184,20 @@ class Run:
             self.log.note(f"step {step}: state checkpoint {saved.path}")
         return metrics
 
+    async def train(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
+        """One optimizer step (or `num_substeps`) on the groups' informative data."""
+        config = self.config
+        return await train_on_groups(
+            groups,
+            self.training_client,
+            config.adam(),
+            config.num_substeps,
+            config.loss_fn,
+            config.loss_fn_config,
+            self.reference,
+            config.kl_penalty_coef,
+        )
+
     def report_errors(self, step: int, groups: Sequence[TrajectoryGroup]) -> None:
         """Print each excluded rollout above the progress bar."""
         for group in groups:
@@ -234,16 +248,7 @@ async def train(
             policy = run.policy(sampling_client)
             groups = list(await asyncio.gather(*(do_group_rollout(b, policy) for b in builders)))
             sampled = time.monotonic()
-            train_metrics = await train_on_groups(
-                groups,
-                training_client,
-                config.adam(),
-                config.num_substeps,
-                config.loss_fn,
-                config.loss_fn_config,
-                run.reference,
-                config.kl_penalty_coef,
-            )
+            train_metrics = await run.train(groups)
             train_metrics["time/sample"] = sampled - started
         run.report_errors(step, groups)
         if train_metrics.get("trained"):

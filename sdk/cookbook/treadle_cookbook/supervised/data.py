@@ -9,7 +9,6 @@ step k trains on exactly the batches an uninterrupted run would have seen from s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from treadle import types
+from treadle_cookbook.data import jsonl_records
 from treadle_cookbook.renderers import (
     Message,
     Renderer,
@@ -40,20 +40,8 @@ class Conversation:
 
 def load_conversations(path: str | Path) -> list[Conversation]:
     """Every conversation of a JSONL file (blank lines are skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
     conversations = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DatasetError(
-                f"{source}: not valid JSON ({error.msg} at column {error.colno})"
-            ) from None
+    for source, record in jsonl_records(path, DatasetError):
         if not isinstance(record, dict) or "messages" not in record:
             raise DatasetError(f"{source}: expected an object with a 'messages' list")
         conversations.append(Conversation(record["messages"], source))
