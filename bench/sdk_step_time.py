@@ -5,7 +5,8 @@ The loop other Tinker-compatible servers were measured with on this machine: a t
 rank 8, 4 datums x 64 tokens, forward_backward + optim_step submitted together, then awaited.
 Peers measured here: 360 ms/step and 514 ms/step. Target: <= 110 ms/step, measured beside the
 plain PEFT loop on the same model in the same run. Also the submit-to-result latency of a small
-forward (1 x 16 tokens) through the SDK.
+forward (1 x 16 tokens) through the SDK next to the same forward on the trainer engine called in
+process: the difference is what the SDK, the scheduler and gRPC add to one call.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from peft import get_peft_model
 
 import treadle
 from treadle import types
+from treadle.v1 import common_pb2
+from treadle.wire import datums_to_proto
 from treadle_models import LoraSpec, load_model, peft_lora_config, target_logprobs
+from treadle_runtime.launcher import UpConfig
+from treadle_trainer.engine import TrainerEngine
+from treadle_trainer.inputs import parse_forward_backward
 
 TINY = "treadle/tiny-llama"
 
@@ -49,6 +55,27 @@ def plain_peft_ms(steps: int, datums: int, length: int) -> float:
     return statistics.median(times[2:]) * 1e3
 
 
+SMALL_INPUT, SMALL_TARGETS = list(range(3, 19)), list(range(4, 20))
+
+
+def engine_forward_ms(calls: int = 20) -> float:
+    """Median ms of the small forward on the trainer engine in this process."""
+    engine = TrainerEngine(TINY)
+    engine.create_adapter("bench", "tenant", LoraSpec(rank=8), seed=0)
+    small = [types.Datum(types.ModelInput.from_ints(SMALL_INPUT), {"target_tokens": SMALL_TARGETS})]
+    request = common_pb2.ForwardBackwardRequest(
+        data=datums_to_proto(small, "cross_entropy"), loss_fn="cross_entropy", forward_only=True
+    )
+    times = []
+    for _ in range(calls + 2):
+        started = time.perf_counter()
+        batch = parse_forward_backward(request, engine.spec.vocab_size, engine.spec.max_seq_len)
+        engine.forward_backward([("bench", batch)])
+        times.append(time.perf_counter() - started)
+    engine.close()
+    return statistics.median(times[2:]) * 1e3
+
+
 def sdk_ms(endpoint: str, key: str, steps: int, datums: int, length: int) -> tuple[float, float]:
     """(ms/step through the SDK, median ms of a small forward's round trip)."""
     rows = tokens(datums, length)
@@ -67,10 +94,7 @@ def sdk_ms(endpoint: str, key: str, steps: int, datums: int, length: int) -> tup
             opt.result()
             times.append(time.perf_counter() - started)
         small = [
-            types.Datum(
-                types.ModelInput.from_ints(list(range(3, 19))),
-                {"target_tokens": list(range(4, 20))},
-            )
+            types.Datum(types.ModelInput.from_ints(SMALL_INPUT), {"target_tokens": SMALL_TARGETS})
         ]
         latency = []
         for _ in range(20):
@@ -83,9 +107,17 @@ def sdk_ms(endpoint: str, key: str, steps: int, datums: int, length: int) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=UpConfig().threads_per_worker(),
+        help="torch threads of the in-process loops (default: the trainer's share of the cores)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     plain = plain_peft_ms(args.steps, 4, 64)
+    in_process = engine_forward_ms()
     with local_mesh(TINY, 1) as (mesh, keys):
         step, latency = sdk_ms(mesh.endpoint, keys[0], args.steps, 4, 64)
     print("\nTraining step, tiny-llama rank 8, 4 x 64 tokens (median ms/step)")
@@ -93,7 +125,9 @@ def main() -> None:
     ratio = f"({step / plain:.2f}x the plain loop; target <= 110 ms)"
     print(f"  Treadle through the SDK         {step:8.1f}   {ratio}")
     print("  peers measured on this machine    360.0 / 514.0")
-    print(f"\nSmall forward (1 x 16 tokens), submit to result: {latency:.1f} ms median")
+    print("\nSmall forward (1 x 16 tokens), submit to result (median ms)")
+    print(f"  trainer engine in process       {in_process:8.1f}")
+    print(f"  through the SDK                 {latency:8.1f}   (+{latency - in_process:.1f} ms)")
     path = write_results(
         "sdk_step_time",
         {
@@ -101,6 +135,8 @@ def main() -> None:
             "sdk_ms": step,
             "ratio": step / plain,
             "small_forward_ms": latency,
+            "small_forward_engine_ms": in_process,
+            "threads": args.threads,
         },
     )
     print(f"wrote {path}")
