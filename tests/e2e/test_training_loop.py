@@ -54,6 +54,19 @@ def test_pipelined_training_sampling_and_resume(mesh: LocalMesh) -> None:
     service.close()
 
 
+def test_a_model_created_from_state_keeps_the_renderer_name(mesh: LocalMesh) -> None:
+    with treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key) as service:
+        training = service.create_lora_training_client(
+            base_model=TINY, rank=4, user_metadata={"renderer_name": "chatml"}
+        )
+        path = training.save_state("with-renderer").result().path
+        resumed = service.create_training_client_from_state(path)
+        assert resumed.renderer_name == "chatml"
+        again = resumed.save_state("resumed").result().path
+        info = service.create_rest_client().get_weights_info(again).result()
+        assert info.renderer_name == "chatml"
+
+
 def test_unknown_base_model_names_it(mesh: LocalMesh) -> None:
     with treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key) as service:
         with pytest.raises(treadle.RequestFailedError) as failure:

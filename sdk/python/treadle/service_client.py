@@ -109,16 +109,20 @@ class ServiceClient:
         return self._create(request, (user_metadata or {}).get("renderer_name", ""))
 
     def create_training_client_from_state(self, path: str) -> TrainingClient:
-        """A new training model with the weights of a state checkpoint (fresh optimizer)."""
-        return self._create(
-            scheduler_pb2.CreateModelRequest(from_state_path=path, load_optimizer=False)
-        )
+        """A new training model with the weights of a state checkpoint (fresh optimizer); it
+        keeps the checkpoint's renderer name for its own saves."""
+        return self._from_state(path, load_optimizer=False)
 
     def create_training_client_from_state_with_optimizer(self, path: str) -> TrainingClient:
         """A new training model with the weights and optimizer state of a state checkpoint."""
-        return self._create(
-            scheduler_pb2.CreateModelRequest(from_state_path=path, load_optimizer=True)
+        return self._from_state(path, load_optimizer=True)
+
+    def _from_state(self, path: str, load_optimizer: bool) -> TrainingClient:
+        client = self._create(
+            scheduler_pb2.CreateModelRequest(from_state_path=path, load_optimizer=load_optimizer)
         )
+        client.renderer_name = RestClient(self).get_weights_info(path).result().renderer_name
+        return client
 
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None
