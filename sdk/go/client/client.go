@@ -5,7 +5,9 @@
 // request id and each returns a *Future, completed by a background goroutine that reads the
 // stream and matches Results and Errors to futures by request id. A TrainingModel numbers its
 // requests seq_id 1, 2, 3, ..., which the scheduler runs strictly in that order, so a loop may
-// submit forward_backward and optim_step back to back and wait later.
+// submit forward_backward and optim_step back to back and wait later. A session stream lost to
+// a transient failure is reopened, the session resumed and unanswered requests sent again with
+// their seq_ids, which the scheduler runs once (see Session and ReconnectAttempts).
 //
 //	c, err := client.Dial(ctx, "localhost:8470", apiKey)
 //	session, err := c.OpenSession(ctx)

@@ -1,16 +1,24 @@
-// Session: one Session stream, a reader goroutine that completes futures by request id, and
-// heartbeats so that a client busy elsewhere keeps its session (and its models).
+// Session: one Session stream at a time, a goroutine that reads it and completes futures by
+// request id, heartbeats so that a client busy elsewhere keeps its session, and reconnection:
+// a stream lost to a transient failure is reopened with the same session id and every
+// unanswered request is sent again with its original request id and seq_id, which the
+// scheduler answers without running it twice.
 
 package client
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"treadle/sdk/go/treadlev1"
 )
@@ -19,35 +27,85 @@ import (
 // releases sessions silent for its idle timeout, 120 s by default).
 const heartbeatEvery = 5 * time.Second
 
-// Session is one Session stream: the requests sent on it and the goroutines that read its
-// answers and keep it alive. It is safe for concurrent use. A session that loses its stream
-// fails every pending and later request with the stream's error; open a new one to go on.
+// Session is one session with the scheduler: the requests sent on it and the goroutines that
+// read their answers, keep it alive and restore its stream. It is safe for concurrent use.
+//
+// If the stream breaks with UNAVAILABLE (or ends while requests are unanswered), the session
+// reopens it with backoff, resumes the same session id and sends every unanswered request
+// again; requests made meanwhile are sent once the stream is back. Any other stream error, a
+// session the scheduler no longer knows, or running out of attempts ends the session: every
+// pending and later request fails with that error; open a new session to go on.
 type Session struct {
 	client      *Client
 	id          string
 	idleTimeout time.Duration
-	stream      treadlev1.Treadle_SessionClient
-	cancel      context.CancelFunc
+	options     sessionOptions
 	nextID      atomic.Int64
-	sendMu      sync.Mutex // grpc-go streams allow one sender at a time
-	mu          sync.Mutex // guards pending and err
-	pending     map[string]*Future
-	err         error // why the session ended; nil while it is open
-	readerDone  chan struct{}
-	closeOnce   sync.Once
+	life        context.Context // ends at Close
+	end         context.CancelFunc
+
+	sendMu       sync.Mutex                      // one sender at a time; guards the two below
+	stream       treadlev1.Treadle_SessionClient // nil while reconnecting
+	cancelStream context.CancelFunc
+
+	mu         sync.Mutex // guards pending, err and reconnects
+	pending    map[string]*pendingRequest
+	err        error // why the session ended; nil while it is open
+	reconnects int
+
+	done      chan struct{} // closed when the reading goroutine has stopped
+	closeOnce sync.Once
+}
+
+// pendingRequest is a request sent and not yet answered, kept to be sent again.
+type pendingRequest struct {
+	order   int64
+	message *treadlev1.ClientMessage
+	future  *Future
 }
 
 // OpenSession opens a Session stream (OpenSession first) and starts reading its answers and
-// sending heartbeats. ctx bounds the opening only; the session lives until Close.
-func (c *Client) OpenSession(ctx context.Context) (*Session, error) {
-	streamCtx, cancel := context.WithCancel(context.Background())
+// sending heartbeats. ctx bounds the opening only; the session lives until Close. Options
+// change how a lost stream is restored (ReconnectAttempts, ReconnectWithin).
+func (c *Client) OpenSession(ctx context.Context, options ...SessionOption) (*Session, error) {
+	life, end := context.WithCancel(context.Background())
+	stream, cancelStream, first, err := c.openStream(ctx, life, "")
+	if err != nil {
+		end()
+		return nil, err
+	}
+	s := &Session{
+		client:       c,
+		id:           first.GetSessionId(),
+		idleTimeout:  time.Duration(first.GetIdleTimeoutSeconds() * float64(time.Second)),
+		life:         life,
+		end:          end,
+		stream:       stream,
+		cancelStream: cancelStream,
+		pending:      map[string]*pendingRequest{},
+		done:         make(chan struct{}),
+	}
+	s.options = newSessionOptions(s.idleTimeout, options)
+	c.track(s, true)
+	go s.serve(stream)
+	go s.heartbeat()
+	return s, nil
+}
+
+// openStream starts a Session stream that lives until life ends (or its cancel is called),
+// sends OpenSession for sessionID ("" for a new session) and reads the SessionOpened answer;
+// ctx bounds the opening only.
+func (c *Client) openStream(
+	ctx, life context.Context, sessionID string,
+) (treadlev1.Treadle_SessionClient, context.CancelFunc, *treadlev1.SessionOpened, error) {
+	streamCtx, cancel := context.WithCancel(life)
 	stream, err := c.api.Session(streamCtx)
 	if err != nil {
 		cancel()
-		return nil, errorFromStatus(err)
+		return nil, nil, nil, errorFromStatus(err)
 	}
 	open := &treadlev1.ClientMessage{Kind: &treadlev1.ClientMessage_Open{
-		Open: &treadlev1.OpenSession{ClientVersion: Version},
+		Open: &treadlev1.OpenSession{SessionId: sessionID, ClientVersion: Version},
 	}}
 	opened, watched := make(chan struct{}), make(chan struct{})
 	var abandoned atomic.Bool
@@ -60,33 +118,21 @@ func (c *Client) OpenSession(ctx context.Context) (*Session, error) {
 		case <-opened:
 		}
 	}()
-	first, err := openStream(stream, open)
+	first, err := awaitOpened(stream, open)
 	close(opened)
 	<-watched
 	if abandoned.Load() {
-		return nil, ctx.Err()
+		return nil, nil, nil, ctx.Err()
 	}
 	if err != nil {
 		cancel()
-		return nil, err
+		return nil, nil, nil, err
 	}
-	s := &Session{
-		client:      c,
-		id:          first.GetSessionId(),
-		idleTimeout: time.Duration(first.GetIdleTimeoutSeconds() * float64(time.Second)),
-		stream:      stream,
-		cancel:      cancel,
-		pending:     map[string]*Future{},
-		readerDone:  make(chan struct{}),
-	}
-	c.track(s, true)
-	go s.read()
-	go s.heartbeat()
-	return s, nil
+	return stream, cancel, first, nil
 }
 
-// openStream sends OpenSession and reads the SessionOpened answer.
-func openStream(
+// awaitOpened sends OpenSession and reads the SessionOpened answer.
+func awaitOpened(
 	stream treadlev1.Treadle_SessionClient, open *treadlev1.ClientMessage,
 ) (*treadlev1.SessionOpened, error) {
 	if err := stream.Send(open); err != nil && err != io.EOF {
@@ -108,13 +154,20 @@ func openStream(
 	return nil, errors.New("treadle: the session stream did not start with SessionOpened")
 }
 
-// ID is the session id the scheduler assigned.
+// ID is the session id the scheduler assigned; it stays the same across reconnections.
 func (s *Session) ID() string { return s.id }
 
 // IdleTimeout is how long the scheduler keeps a silent session (heartbeats keep it alive).
 func (s *Session) IdleTimeout() time.Duration { return s.idleTimeout }
 
-// Err is why the session ended, or nil while it is open.
+// Reconnects is how many times the session's stream was lost and restored.
+func (s *Session) Reconnects() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reconnects
+}
+
+// Err is why the session ended, or nil while it is open (also while it is reconnecting).
 func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -126,65 +179,117 @@ func (s *Session) Err() error {
 func (s *Session) Close() error {
 	s.closeOnce.Do(func() {
 		s.fail(ErrClosed)
+		s.end()
 		s.sendMu.Lock()
-		s.stream.CloseSend()
+		if s.stream != nil {
+			s.stream.CloseSend()
+			s.cancelStream()
+		}
 		s.sendMu.Unlock()
-		s.cancel()
-		<-s.readerDone
+		<-s.done
 		s.client.track(s, false)
 	})
 	return nil
 }
 
 // submit sends one Submit under a fresh request id; its answer completes the returned future.
+// While the stream is being restored the request waits and goes out with the unanswered ones.
 func (s *Session) submit(submit *treadlev1.Submit) *Future {
-	submit.RequestId = "r" + strconv.FormatInt(s.nextID.Add(1), 10)
+	order := s.nextID.Add(1)
+	submit.RequestId = "r" + strconv.FormatInt(order, 10)
 	future := newFuture(submit.RequestId)
+	message := &treadlev1.ClientMessage{Kind: &treadlev1.ClientMessage_Submit{Submit: submit}}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()
 		future.complete(nil, s.err)
 		return future
 	}
-	s.pending[submit.RequestId] = future
+	s.pending[submit.RequestId] = &pendingRequest{order: order, message: message, future: future}
 	s.mu.Unlock()
-	err := s.send(&treadlev1.ClientMessage{Kind: &treadlev1.ClientMessage_Submit{Submit: submit}})
-	if err != nil && err != io.EOF { // io.EOF: the stream broke and the reader reports why
-		s.resolve(submit.RequestId, nil, errorFromStatus(err))
+	if s.stream != nil {
+		s.sendLocked(s.stream, submit.RequestId, message)
 	}
 	return future
 }
 
-func (s *Session) send(message *treadlev1.ClientMessage) error {
-	s.sendMu.Lock()
-	defer s.sendMu.Unlock()
-	return s.stream.Send(message)
+// sendLocked sends a request's message with sendMu held. io.EOF means the stream broke and the
+// reader restores it (the request stays pending); any other error is the request's own.
+func (s *Session) sendLocked(
+	stream treadlev1.Treadle_SessionClient, requestID string, message *treadlev1.ClientMessage,
+) {
+	if err := stream.Send(message); err != nil && err != io.EOF {
+		s.resolve(requestID, nil, errorFromStatus(err))
+	}
 }
 
-// read completes futures from the stream's answers until the stream ends.
-func (s *Session) read() {
-	defer close(s.readerDone)
+// serve reads the stream, and each stream that replaces it, until the session ends.
+func (s *Session) serve(stream treadlev1.Treadle_SessionClient) {
+	defer close(s.done)
 	for {
-		message, err := s.stream.Recv()
-		if err == io.EOF {
-			s.fail(ErrClosed)
+		final, err := s.read(stream)
+		s.dropStream(stream)
+		if s.life.Err() != nil {
+			return // closed
+		}
+		if final || !s.transient(err) {
+			if err == io.EOF {
+				err = ErrClosed
+			}
+			s.fail(err)
 			return
 		}
-		if err != nil {
-			s.fail(errorFromStatus(err))
+		if stream, err = s.reconnect(err); err != nil {
+			s.fail(err)
 			return
+		}
+	}
+}
+
+// read completes futures from the stream's answers until it ends, and returns why; it is
+// final when the scheduler ended the session itself (an Error without a request id).
+func (s *Session) read(stream treadlev1.Treadle_SessionClient) (bool, error) {
+	for {
+		message, err := stream.Recv()
+		if err == io.EOF {
+			return false, io.EOF
+		}
+		if err != nil {
+			return false, errorFromStatus(err)
 		}
 		switch kind := message.Kind.(type) {
 		case *treadlev1.ServerMessage_Result:
 			s.resolve(kind.Result.GetRequestId(), kind.Result, nil)
 		case *treadlev1.ServerMessage_Error:
 			failure := errorFromDetail(kind.Error.GetError())
-			if kind.Error.GetRequestId() == "" { // a session-level error ends the stream
-				s.fail(failure)
-				return
+			if kind.Error.GetRequestId() == "" {
+				return true, failure
 			}
 			s.resolve(kind.Error.GetRequestId(), nil, failure)
 		}
+	}
+}
+
+// transient reports whether a lost stream is worth reopening: UNAVAILABLE, or a stream the
+// server ended while requests were still unanswered.
+func (s *Session) transient(err error) bool {
+	if err == io.EOF {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.pending) > 0
+	}
+	return status.Code(err) == codes.Unavailable
+}
+
+// dropStream forgets a stream that ended, so that requests made now wait for the next one.
+func (s *Session) dropStream(stream treadlev1.Treadle_SessionClient) {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if s.stream == stream {
+		s.cancelStream()
+		s.stream, s.cancelStream = nil, nil
 	}
 }
 
@@ -200,24 +305,38 @@ func (s *Session) heartbeat() {
 	}}
 	for {
 		select {
-		case <-s.readerDone:
+		case <-s.done:
 			return
 		case <-ticker.C:
-			if s.send(beat) != nil {
-				return
+			s.sendMu.Lock()
+			if s.stream != nil {
+				s.stream.Send(beat) // a broken stream is noticed and restored by the reader
 			}
+			s.sendMu.Unlock()
 		}
 	}
 }
 
 func (s *Session) resolve(requestID string, result *treadlev1.Result, err error) {
 	s.mu.Lock()
-	future, ok := s.pending[requestID]
+	request, ok := s.pending[requestID]
 	delete(s.pending, requestID)
 	s.mu.Unlock()
-	if ok {
-		future.complete(result, err)
+	if ok { // an answer to a request already answered (sent twice) is dropped
+		request.future.complete(result, err)
 	}
+}
+
+// unanswered is the pending requests in the order they were made.
+func (s *Session) unanswered() []*pendingRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	requests := make([]*pendingRequest, 0, len(s.pending))
+	for _, request := range s.pending {
+		requests = append(requests, request)
+	}
+	sort.Slice(requests, func(i, j int) bool { return requests[i].order < requests[j].order })
+	return requests
 }
 
 // fail ends the session: every pending request and every later one fails with err.
@@ -227,10 +346,22 @@ func (s *Session) fail(err error) {
 		s.err = err
 	}
 	pending := s.pending
-	s.pending = map[string]*Future{}
+	s.pending = map[string]*pendingRequest{}
 	err = s.err
 	s.mu.Unlock()
-	for _, future := range pending {
-		future.complete(nil, err)
+	for _, request := range pending {
+		request.future.complete(nil, err)
+	}
+}
+
+// sessionLost is the error of a session the scheduler released while its stream was down.
+func sessionLost(id string, idleTimeout time.Duration) error {
+	return &RequestError{
+		Code: codes.Aborted,
+		Message: fmt.Sprintf("session_id: the scheduler no longer knows session %s (released "+
+			"after its idle timeout of %s, or the scheduler restarted); its models are gone: "+
+			"open a new session", id, idleTimeout),
+		Field:    "session_id",
+		Category: treadlev1.ErrorCategory_ERROR_CATEGORY_SERVER,
 	}
 }

@@ -1,7 +1,8 @@
 // Command treadle-example fine-tunes a LoRA adapter on a fixed batch with the Go client, then
 // samples from it. Each step's forward_backward and optim_step are submitted together, and the
 // next step is submitted before the current one is awaited, so the scheduler always has the next
-// step queued (one step per clock cycle).
+// step queued (one step per clock cycle). A session stream lost on the way is restored (the
+// session resumed, unanswered requests sent again) and counted on the last line.
 //
 //	treadle-example -endpoint localhost:8470 -api-key tml-... -steps 8
 package main
@@ -31,10 +32,18 @@ func main() {
 	learningRate := flag.Float64("lr", 5e-3, "Adam learning rate")
 	maxTokens := flag.Int("max-tokens", 8, "tokens to sample")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	attempts := flag.Int("reconnect-attempts", 20, "tries at restoring a lost session stream")
+	within := flag.Duration("reconnect-within", 0,
+		"time allowed to restore a lost session stream (0: the session idle timeout)")
 	flag.Parse()
 
+	options := []client.SessionOption{client.ReconnectAttempts(*attempts)}
+	if *within > 0 {
+		options = append(options, client.ReconnectWithin(*within))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	err := run(ctx, *endpoint, *apiKey, *baseModel, *steps, *rank, *learningRate, *maxTokens)
+	err := run(ctx, *endpoint, *apiKey, *baseModel, *steps, *rank, *learningRate, *maxTokens,
+		options)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "treadle-example:", err)
@@ -54,14 +63,14 @@ type step struct{ forwardBackward, optimStep *client.Future }
 
 func run(
 	ctx context.Context, endpoint, apiKey, baseModel string,
-	steps, rank int, learningRate float64, maxTokens int,
+	steps, rank int, learningRate float64, maxTokens int, options []client.SessionOption,
 ) error {
 	c, err := client.Dial(ctx, endpoint, apiKey)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	session, err := c.OpenSession(ctx)
+	session, err := c.OpenSession(ctx, options...)
 	if err != nil {
 		return err
 	}
@@ -115,6 +124,7 @@ func run(
 	for i, sequence := range sampled.GetSample().GetSequences() {
 		fmt.Printf("sample %d: %s\n", i, join(sequence.GetTokens()))
 	}
+	fmt.Printf("reconnects %d\n", session.Reconnects())
 	return session.Close()
 }
 
