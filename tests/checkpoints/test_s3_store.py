@@ -7,7 +7,7 @@ import hashlib
 import os
 
 from fixtures.s3 import S3Server
-from treadle_checkpoints.s3_store import S3Store
+from treadle_checkpoints.s3_store import ObjectMissing, S3Store
 
 BUCKET = "treadle-test-store"
 MIB = 1 << 20
@@ -53,3 +53,31 @@ def test_a_cancelled_upload_stores_nothing(s3_server: S3Server) -> None:
         return await store.read("gone/file.bin"), [o.key for o in await store.list("gone/")]
 
     assert asyncio.run(scenario()) == (None, [])
+
+
+def test_a_stream_hashes_as_it_reads_and_can_be_abandoned(s3_server: S3Server) -> None:
+    data = os.urandom(6 * MIB + 7)
+
+    async def scenario() -> tuple[str, bytes, list[bytes], bool]:
+        store = _store(s3_server)
+        await store.ensure_bucket()
+        await store.write("read/file.bin", data)
+        digest = hashlib.sha256()
+        whole = b"".join([p async for p in store.stream("read/file.bin", MIB, digest, ahead=2)])
+        first: list[bytes] = []
+        async for piece in store.stream("read/file.bin", MIB, ahead=2):
+            first.append(piece)
+            break  # the reader thread stops instead of reading the rest into nothing
+        again = [p async for p in store.stream("read/file.bin", 4 * MIB)]
+        missing = False
+        try:
+            async for _ in store.stream("read/absent.bin", MIB):
+                pass
+        except ObjectMissing:
+            missing = True
+        return digest.hexdigest(), whole, [first[0], b"".join(again)], missing
+
+    digest, whole, (first, again), missing = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert whole == data == again and digest == hashlib.sha256(data).hexdigest()
+    assert first == data[:MIB]
+    assert missing

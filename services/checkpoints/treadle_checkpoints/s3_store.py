@@ -11,11 +11,14 @@ size.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import queue
 import sys
+import threading
 from collections.abc import AsyncGenerator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +39,7 @@ T = TypeVar("T")
 _MISSING_CODES = ("NoSuchKey", "NoSuchObject")
 _UNREACHABLE = (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError)
 _BUFFERED_CHUNKS = 8  # chunks an upload may hold before the sender waits
+_READER_THREADS = 64  # streams read at once; more wait for a thread
 
 
 class ObjectMissing(Exception):
@@ -100,6 +104,11 @@ class S3Store:
         self.lifecycle_rules = lifecycle_rules
         self._bootstrapped = False
         self._bootstrap_lock: asyncio.Lock | None = None
+        # A stream's reader holds its thread while the caller sends; its own pool keeps slow
+        # readers of a Get from starving every other S3 call of the default pool.
+        self._readers = ThreadPoolExecutor(
+            max_workers=_READER_THREADS, thread_name_prefix="s3-read"
+        )
 
     @classmethod
     def from_config(cls, config: CheckpointsConfig) -> S3Store:
@@ -118,9 +127,20 @@ class S3Store:
             lifecycle_rules=config.lifecycle_rules,
         )
 
-    async def _run(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one blocking minio call in a thread, translating its failures."""
+    async def _run(
+        self,
+        operation: str,
+        fn: Callable[..., T],
+        *args: Any,
+        executor: ThreadPoolExecutor | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run one blocking minio call in a thread (of `executor`, else the loop's default
+        pool), translating its failures."""
         try:
+            if executor is not None:
+                call = functools.partial(fn, *args, **kwargs)
+                return await asyncio.get_running_loop().run_in_executor(executor, call)
             return await asyncio.to_thread(fn, *args, **kwargs)
         except S3Error as exc:
             if exc.code in _MISSING_CODES:
@@ -205,31 +225,48 @@ class S3Store:
         return Upload(self, key, tags)
 
     async def stream(
-        self, key: str, chunk_bytes: int, digest: Any = None
+        self, key: str, chunk_bytes: int, digest: Any = None, *, ahead: int = 4
     ) -> AsyncGenerator[bytes, None]:
         """The object's bytes in pieces of `chunk_bytes`; ObjectMissing if there is none.
 
-        The next piece is read, and fed to `digest` (a hashlib object) when one is given, in a
-        worker thread while the caller handles the current one: reading, hashing and sending
-        overlap instead of taking turns.
+        One worker thread makes the request and reads on, feeding each piece to `digest` (a
+        hashlib object) when one is given, up to `ahead` pieces before the caller takes them:
+        reading, hashing and the caller's sending overlap instead of taking turns. The end is
+        known from the response's length, without one more (empty) read. Bytes come as stored
+        (no content decoding).
         """
-        response = await self._run("get", self._client.get_object, self.bucket, key)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[bytes | None] = asyncio.Queue()
+        room = threading.Semaphore(ahead)
+        stop = threading.Event()
 
-        def read() -> bytes:
-            data: bytes = response.read(chunk_bytes)
-            if digest is not None:
-                digest.update(data)
-            return data
+        def pump() -> None:
+            response = self._client.get_object(self.bucket, key)
+            try:
+                while not stop.is_set():
+                    data: bytes = response.read(chunk_bytes, decode_content=False)
+                    if digest is not None:
+                        digest.update(data)
+                    if data:
+                        room.acquire()
+                        loop.call_soon_threadsafe(pieces.put_nowait, data)
+                    if not data or response.length_remaining == 0:
+                        return
+            finally:
+                response.close()
+                response.release_conn()
 
-        ahead = asyncio.ensure_future(self._run("get", read))
+        reader = asyncio.ensure_future(self._run("get", pump, executor=self._readers))
+        reader.add_done_callback(lambda _: pieces.put_nowait(None))  # after every piece
         try:
-            while data := await ahead:
-                ahead = asyncio.ensure_future(self._run("get", read))
+            while (data := await pieces.get()) is not None:
+                room.release()
                 yield data
+            await reader  # raises why the read stopped, if it failed
         finally:
-            await asyncio.gather(ahead, return_exceptions=True)  # never close under a read
-            response.close()
-            response.release_conn()
+            stop.set()
+            room.release()  # a reader waiting for room wakes, sees `stop` and ends
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def list(self, prefix: str) -> list[StoredObject]:
         """Every object whose key starts with `prefix`."""

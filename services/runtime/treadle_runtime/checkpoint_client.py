@@ -1,14 +1,18 @@
 """The client trainer, sampler and scheduler use to store and fetch checkpoints.
 
 Files travel as chunk streams (`chunk_bytes` per message), so a checkpoint of any size passes
-the gRPC message limit. The channel is opened lazily inside the running event loop (grpc.aio
-channels belong to one loop; a client first used on another loop opens a fresh one). A failed
-call raises OpError with the service's status code and message unchanged.
+the gRPC message limit. A received file is written into one growing buffer whose bytes are
+returned without a final copy (io.BytesIO.getvalue), rather than kept as a list of chunks and
+joined: the chunks' memory is reused message after message, and the only large allocation is the
+file itself. The channel is opened lazily inside the running event loop (grpc.aio channels
+belong to one loop; a client first used on another loop opens a fresh one). A failed call raises
+OpError with the service's status code and message unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 
 import grpc
@@ -65,11 +69,13 @@ class CheckpointClient:
                 view = memoryview(data)
                 start = 0
                 while True:
-                    piece = view[start : start + self.chunk_bytes]
+                    piece = view[start : start + self.chunk_bytes].tobytes()
                     start += len(piece)
                     last = start >= len(view)
-                    chunk = checkpoints_pb2.FileChunk(file_name=name, data=bytes(piece), last=last)
-                    yield checkpoints_pb2.PutRequest(chunk=chunk)
+                    request = checkpoints_pb2.PutRequest()
+                    chunk = request.chunk  # filled in place: no temporary message to copy
+                    chunk.file_name, chunk.data, chunk.last = name, piece, last
+                    yield request
                     if last:
                         break
 
@@ -85,7 +91,7 @@ class CheckpointClient:
         """The checkpoint at `path` of `tenant`: its metadata and its files (sha256-verified)."""
         request = checkpoints_pb2.GetCheckpointRequest(tenant=tenant, path=path)
         info: common_pb2.CheckpointInfo | None = None
-        parts: dict[str, list[bytes]] = {}
+        buffers: dict[str, io.BytesIO] = {}
         complete: set[str] = set()
         try:
             async for response in self._checkpoints().Get(request):
@@ -93,18 +99,21 @@ class CheckpointClient:
                     info = response.info
                     continue
                 chunk = response.chunk
-                parts.setdefault(chunk.file_name, []).append(chunk.data)
+                buffer = buffers.get(chunk.file_name)
+                if buffer is None:
+                    buffer = buffers[chunk.file_name] = io.BytesIO()
+                buffer.write(chunk.data)
                 if chunk.last:
                     complete.add(chunk.file_name)
         except grpc.aio.AioRpcError as exc:
             raise _op_error(exc) from None
-        unfinished = set(parts) - complete
+        unfinished = set(buffers) - complete
         if info is None or unfinished:
             raise OpError(
                 grpc.StatusCode.DATA_LOSS,
                 f"checkpoint {path} arrived incomplete (unfinished: {sorted(unfinished)})",
             )
-        return info, {name: b"".join(pieces) for name, pieces in parts.items()}
+        return info, {name: buffer.getvalue() for name, buffer in buffers.items()}
 
     async def close(self) -> None:
         """Close the channel (the client opens a new one if used again)."""
