@@ -36,32 +36,39 @@ class _TenantQueue:
             del self.models[model_id]
         return request
 
-    def tokens(self) -> int:
-        return sum(r.tokens for q in self.models.values() for r in q)
-
 
 class FairQueue:
     """Ready requests of one trainer, grouped by tenant and model."""
 
     def __init__(self) -> None:
         self._tenants: OrderedDict[str, _TenantQueue] = OrderedDict()
+        self._count = 0  # requests queued
+        self._tokens = 0  # their tokens
 
     def push(self, tenant: str, request: Request) -> None:
         """Queue a request behind its model's earlier ones."""
-        queue = self._tenants.setdefault(tenant, _TenantQueue())
-        queue.models.setdefault(request.model_id, deque()).append(request)
+        queue = self._tenants.get(tenant)
+        if queue is None:
+            queue = self._tenants[tenant] = _TenantQueue()
+        model = queue.models.get(request.model_id)
+        if model is None:
+            model = queue.models[request.model_id] = deque()
+        model.append(request)
+        self._count += 1
+        self._tokens += request.tokens
 
     def __len__(self) -> int:
-        return sum(len(q) for t in self._tenants.values() for q in t.models.values())
+        return self._count
 
     def tokens(self) -> int:
         """Tokens of all queued requests."""
-        return sum(t.tokens() for t in self._tenants.values())
+        return self._tokens
 
     def drain(self) -> list[Request]:
         """Remove and return everything queued."""
         everything = [r for t in self._tenants.values() for q in t.models.values() for r in q]
         self._tenants.clear()
+        self._count = self._tokens = 0
         return everything
 
     def take(self, budget: int) -> list[Request]:
@@ -93,4 +100,6 @@ class FairQueue:
                     break
         if self._tenants:  # the next cycle starts with the next tenant in line
             self._tenants.move_to_end(next(iter(self._tenants)))
+        self._count -= len(chosen)
+        self._tokens -= sum(r.tokens for r in chosen)
         return chosen

@@ -28,7 +28,8 @@ DONE_KEPT = 256  # finished requests remembered per model for idempotent retries
 
 @dataclass(eq=False)
 class Request:
-    """One training op on its way through a cycle."""
+    """One training op on its way through a cycle; `op_bytes` is the op serialized on arrival,
+    so that planning a cycle only concatenates bytes (plans.py)."""
 
     model_id: str
     seq_id: int
@@ -39,6 +40,10 @@ class Request:
     tenant: str = ""
     enqueued_at: float = field(default_factory=time.monotonic)
     cycle: int = 0
+    op_bytes: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.op_bytes = self.op.SerializeToString()
 
 
 def payload_digest(message: object) -> bytes:
@@ -49,10 +54,12 @@ def payload_digest(message: object) -> bytes:
 
 def submit_digest(submit: scheduler_pb2.Submit) -> bytes:
     """The digest of a Submit without its request id (a retry may carry a new one)."""
-    key = scheduler_pb2.Submit()
-    key.CopyFrom(submit)
-    key.request_id = ""
-    return payload_digest(key)
+    request_id = submit.request_id
+    submit.request_id = ""
+    try:
+        return payload_digest(submit)
+    finally:
+        submit.request_id = request_id
 
 
 @dataclass(eq=False)

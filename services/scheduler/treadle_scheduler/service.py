@@ -9,6 +9,7 @@ sampler. Checkpoint admin calls are proxied to the checkpoints service with the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -84,7 +85,9 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         self._checkpoints_channel: grpc.aio.Channel | None = None
         self.checkpoints: checkpoints_pb2_grpc.CheckpointsAsyncStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._answers: set[asyncio.Task[None]] = set()  # requests awaiting their outcome
+        self._answers: set[asyncio.Task[None]] = set()  # sampling requests in progress
+        self._request_counters: dict[tuple[str, str], Counter] = {}
+        self._billed_counters: dict[tuple[str, str], Counter] = {}
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -424,7 +427,11 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                     )
                 )
             )
-        self._spawn(self._answer(session, submit.request_id, model, answer, kind, owned=not retry))
+        answer.outcome.add_done_callback(
+            functools.partial(
+                self._answer, session, submit.request_id, model, answer, kind, not retry
+            )
+        )
 
     def _planned_op(
         self, model: ModelRecord, submit: scheduler_pb2.Submit
@@ -448,30 +455,32 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             op.load_state.CopyFrom(submit.load_state)
         return op
 
-    async def _answer(
+    def _answer(
         self,
         session: ClientSession,
         request_id: str,
         model: ModelRecord,
         request: Request,
         kind: str,
-        *,
         owned: bool,
+        outcome: asyncio.Future[trainer_pb2.OpResult],
     ) -> None:
-        result = await asyncio.shield(request.outcome)
+        """Send a finished request's result (or error) to its session; runs as the outcome's
+        done callback, so routing a result costs no task."""
+        result = outcome.result()
         if owned:
             self.quotas.release_tokens(request.tenant, request.tokens)
         which = result.WhichOneof("result")
         if which == "error" or which is None:
             detail = result.error if which else error_detail(grpc.StatusCode.INTERNAL, "empty")
-            REQUESTS.labels(kind, detail.code).inc()
+            self._counted(kind, detail.code).inc()
             session.send(
                 scheduler_pb2.ServerMessage(
                     error=scheduler_pb2.Error(request_id=request_id, error=detail)
                 )
             )
             return
-        REQUESTS.labels(kind, "OK").inc()
+        self._counted(kind, "OK").inc()
         reply = scheduler_pb2.Result(request_id=request_id, cycle=request.cycle, wave=result.wave)
         getattr(reply, RESULT_FIELDS[which]).CopyFrom(getattr(result, which))
         if which == "optim_step":
@@ -479,8 +488,22 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
         elif which == "load_state":
             model.step = result.load_state.step
         elif which == "forward_backward":
-            BILLED_TOKENS.labels(session.tenant, kind).inc(request.tokens)
+            self._billed(session.tenant, kind).inc(request.tokens)
         session.send(scheduler_pb2.ServerMessage(result=reply))
+
+    def _counted(self, op: str, code: str) -> Counter:
+        """REQUESTS' child for (op, code), looked up once."""
+        child = self._request_counters.get((op, code))
+        if child is None:
+            child = self._request_counters[op, code] = REQUESTS.labels(op, code)
+        return child
+
+    def _billed(self, tenant: str, op: str) -> Counter:
+        """BILLED_TOKENS' child for (tenant, op), looked up once."""
+        child = self._billed_counters.get((tenant, op))
+        if child is None:
+            child = self._billed_counters[tenant, op] = BILLED_TOKENS.labels(tenant, op)
+        return child
 
     def _cancel(self, session: ClientSession, request_id: str) -> None:
         """Cancellation of queued work is answered once the request would have run."""

@@ -1,10 +1,18 @@
 """One link per trainer: its cycle loop, from queued requests to a CyclePlan and back.
 
 Cycles are work-conserving: a cycle starts as soon as the previous one has ended and work is
-queued (or after `min_cycle_seconds`, if set). A cycle takes queued requests up to the token
-budget, shared between tenants by deficit round robin (fairness.py); requests of one model keep
-their seq_id order and form the waves of the plan on the trainer. Results are
-handed back op by op as the trainer streams them. A trainer that disappears fails its in-flight
+queued (or after `min_cycle_seconds`, if set). "Ended" means computed: once the first result of
+a cycle's last wave arrives the trainer has nothing left to run, so the next plan goes out while
+that wave's results are still streaming in (each gRPC message costs a round trip, and a wave's
+worth of them would otherwise leave the trainer idle). A cycle takes queued requests up to the
+token budget, shared between tenants by deficit round robin (fairness.py); requests of one model
+keep their seq_id order and form the waves of the plan on the trainer. Results are handed back op
+by op as the trainer streams them.
+
+Overhead per cycle is the time from the moment it could have started (the previous CycleDone, or
+work arriving at an empty queue, whichever is later) to its own CycleDone, minus the trainer's
+busy time; summed over a run it is exactly the wall time the trainer was not executing plans
+while work waited. A trainer that disappears fails its in-flight
 and queued requests with UNAVAILABLE, and its models are marked lost; the link reconnects and the
 trainer takes new models when it is back.
 """
@@ -14,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
@@ -24,6 +34,7 @@ from treadle.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from treadle_runtime.errors import error_detail
 from treadle_scheduler.fairness import FairQueue
 from treadle_scheduler.models import ModelRecord, Request
+from treadle_scheduler.plans import encode_plan
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ QUEUE_DEPTH = Gauge("treadle_scheduler_queue_depth", "Requests queued", ["base_m
 QUEUE_WAIT = Histogram("treadle_scheduler_queue_wait_seconds", "Submit to cycle start")
 TRAINER_UP = Gauge("treadle_scheduler_trainer_up", "1 while a trainer is connected", ["trainer"])
 
+RUN_CYCLES = "/treadle.v1.Trainer/RunCycles"
 LOST_MESSAGE = (
     "trainer {address} became unavailable; model {model_id}'s in-memory state is lost: "
     "resume from your last state checkpoint (create_training_client_from_state_with_optimizer)"
@@ -97,8 +109,12 @@ class TrainerLink:
         self._connected_at = 0.0
         self.last_overhead = 0.0
         self._work = asyncio.Event()
+        self._work_at = 0.0  # when work last arrived at an empty queue
+        self._free_at = 0.0  # when the link last became free to start a cycle
         self._in_flight: dict[str, Request] = {}
+        self._sent: deque[_SentCycle] = deque()  # plans sent whose CycleDone is still to come
         self._task: asyncio.Task[None] | None = None
+        self._metrics: _LinkMetrics | None = None  # labelled once the base model is known
 
     @property
     def base_model(self) -> str:
@@ -124,10 +140,13 @@ class TrainerLink:
         """Queue ready requests; returns (queue position of the last, expected cycle)."""
         position = self.queued()
         tokens_ahead = self.queue.tokens()
+        if not self.queue:
+            self._work_at = time.monotonic()
         for request in requests:
             self.queue.push(request.tenant, request)
-        QUEUE_DEPTH.labels(self.base_model).set(self.queued())
-        self._work.set()
+        self._report_depth()
+        if not self._work.is_set():
+            self._work.set()
         # the next cycle to start is cycle + 1; a backlog over the token budget pushes it later
         expected = self.cycle + 1 + tokens_ahead // self.token_budget
         return position + len(requests) - 1, expected
@@ -149,81 +168,96 @@ class TrainerLink:
             stub: trainer_pb2_grpc.TrainerAsyncStub = trainer_pb2_grpc.TrainerStub(channel)
             info = await stub.GetTrainerInfo(trainer_pb2.GetTrainerInfoRequest(), timeout=10)
             self.spec = info.model
-            call = stub.RunCycles()  # type: ignore[call-arg]  # used with write()/read()
+            self._metrics = metrics = _LinkMetrics(self.address, self.base_model)
+            # plans go out as bytes assembled from pre-serialized ops (plans.py)
+            call = channel.stream_stream(
+                RUN_CYCLES,
+                request_serializer=None,
+                response_deserializer=trainer_pb2.TrainerEvent.FromString,
+            )()  # type: ignore[call-arg]  # used with write()/read()
             self.up = True
-            self._connected_at = time.monotonic()
+            self._connected_at = self._free_at = time.monotonic()
             TRAINER_UP.labels(self.address).set(1)
             log.info("trainer connected", extra={"trainer": self.address, "model": info.model.name})
             while True:
-                try:
-                    await asyncio.wait_for(self._work.wait(), timeout=self.retry_seconds)
-                except asyncio.TimeoutError:  # idle: make sure the trainer is still there
-                    await stub.GetTrainerInfo(trainer_pb2.GetTrainerInfoRequest(), timeout=5)
+                if not self._sent:
+                    if not self._work.is_set():
+                        try:
+                            await asyncio.wait_for(self._work.wait(), timeout=self.retry_seconds)
+                        except asyncio.TimeoutError:  # idle: make sure the trainer is still there
+                            await stub.GetTrainerInfo(
+                                trainer_pb2.GetTrainerInfoRequest(), timeout=5
+                            )
+                            continue
+                    if not await self._send_plan(call, metrics):
+                        self._work.clear()
                     continue
-                planning = time.monotonic()
-                plan = self._next_plan()
-                if plan is None:
-                    self._work.clear()
-                    continue
-                await self._run_cycle(call, plan, planning)
+                event = await call.read()
+                if not isinstance(event, trainer_pb2.TrainerEvent):  # grpc.aio.EOF
+                    raise ConnectionError("trainer closed its cycle stream")
+                if event.WhichOneof("event") == "op_result":
+                    result = event.op_result
+                    answered = self._in_flight.pop(result.op_id, None)
+                    if answered is not None and not answered.outcome.done():
+                        answered.outcome.set_result(result)
+                    if self._trainer_free(result.wave) and self.queue:
+                        await self._send_plan(call, metrics)
+                else:
+                    await self._cycle_done(metrics, event.cycle_done)
 
-    def _next_plan(self) -> trainer_pb2.CyclePlan | None:
-        """Take queued requests fairly between tenants, up to the token budget."""
+    def _report_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self.queued())
+
+    def _trainer_free(self, wave: int) -> bool:
+        """Whether the trainer has computed every plan sent: the only one left is streaming the
+        results of its last wave (min_cycle_seconds, when set, spaces cycles out instead)."""
+        return (
+            len(self._sent) == 1 and wave == self._sent[0].waves - 1 and not self.min_cycle_seconds
+        )
+
+    async def _send_plan(self, call: grpc.aio.StreamStreamCall, metrics: _LinkMetrics) -> bool:
+        """Send the next cycle's plan, taken fairly from the queue; False if nothing is queued.
+        Bookkeeping that the plan does not need waits until it is on its way."""
         chosen = self.queue.take(self.token_budget)
         if not chosen:
-            return None
+            return False
         self.cycle += 1
-        now = time.monotonic()
+        self.running = True
         for request in chosen:
             request.cycle = self.cycle
-            QUEUE_WAIT.observe(now - request.enqueued_at)
             self._in_flight[request.op.op_id] = request
-        QUEUE_DEPTH.labels(self.base_model).set(self.queued())
-        CYCLE_TENANTS.labels(self.base_model).observe(len({r.tenant for r in chosen}))
-        return trainer_pb2.CyclePlan(cycle=self.cycle, ops=[r.op for r in chosen])
-
-    async def _run_cycle(
-        self, call: grpc.aio.StreamStreamCall, plan: trainer_pb2.CyclePlan, planning: float
-    ) -> None:
-        """Send a plan, route its results as they stream in, account the cycle's time."""
         started = time.monotonic()
-        self.running = True
-        await call.write(trainer_pb2.TrainerCommand(plan=plan))
-        tokens = 0
-        while True:
-            event = await call.read()
-            if not isinstance(event, trainer_pb2.TrainerEvent):  # grpc.aio.EOF
-                raise ConnectionError("trainer closed its cycle stream")
-            kind = event.WhichOneof("event")
-            if kind == "op_result":
-                request = self._in_flight.pop(event.op_result.op_id, None)
-                if request is not None and not request.outcome.done():
-                    request.outcome.set_result(event.op_result)
-            elif kind == "cycle_done":
-                tokens = event.cycle_done.tokens
-                busy = event.cycle_done.busy_seconds
-                break
-        self.running = False
-        for request in self._in_flight.values():  # an op the trainer never answered
+        sent = _SentCycle(self.cycle, chosen, started, self._work_at)
+        self._sent.append(sent)
+        await call.write(encode_plan(self.cycle, [r.op_bytes for r in chosen]))
+        metrics.planned(chosen, started, self.queued())
+        return True
+
+    async def _cycle_done(self, metrics: _LinkMetrics, done: trainer_pb2.CycleDone) -> None:
+        """Close the oldest cycle sent: fail its unanswered ops, account its time."""
+        ended = time.monotonic()
+        cycle = self._sent.popleft()
+        self.running = bool(self._sent)
+        for request in cycle.requests:  # an op the trainer never answered
+            self._in_flight.pop(request.op.op_id, None)
             if not request.outcome.done():
                 request.outcome.set_result(_failure(request, grpc.StatusCode.INTERNAL, "no result"))
-        self._in_flight.clear()
-        ended = time.monotonic()
-        elapsed = ended - started
-        self._account(ended, ended - planning, busy)
-        CYCLES.labels(self.base_model).inc()
-        CYCLE_SECONDS.labels(self.base_model).observe(elapsed)
-        CYCLE_OPS.labels(self.base_model).observe(len(plan.ops))
-        CYCLE_TOKENS.labels(self.base_model).observe(tokens)
-        if self.min_cycle_seconds > elapsed:
-            await asyncio.sleep(self.min_cycle_seconds - elapsed)
+        ready_at = max(self._free_at, cycle.work_at)
+        self._account(metrics, ended, ended - ready_at, done.busy_seconds)
+        metrics.cycle_done(ended - cycle.started, len(cycle.requests), done.tokens)
+        self._free_at = ended
+        if self.min_cycle_seconds > ended - cycle.started:
+            await asyncio.sleep(self.min_cycle_seconds - (ended - cycle.started))
+            self._free_at = time.monotonic()
 
-    def _account(self, ended: float, elapsed: float, busy: float) -> None:
-        """Busy time, utilization over the last minute, and time spent outside the trainer
-        (`elapsed` runs from planning the cycle to its CycleDone)."""
-        BUSY_SECONDS.labels(self.address).inc(busy)
+    def _account(self, metrics: _LinkMetrics, ended: float, elapsed: float, busy: float) -> None:
+        """Busy time, utilization over the last minute, and time spent outside the trainer:
+        `elapsed` runs from the moment this cycle could have started (the previous cycle's
+        CycleDone, or work arriving at an idle link) to its own CycleDone."""
+        metrics.busy.inc(busy)
         self.last_overhead = max(0.0, elapsed - busy)
-        OVERHEAD_SECONDS.labels(self.base_model).observe(self.last_overhead)
+        metrics.overhead.observe(self.last_overhead)
         self._busy_window.append((ended, busy))
 
     def utilization(self) -> float:
@@ -244,6 +278,7 @@ class TrainerLink:
         TRAINER_UP.labels(self.address).set(0)
         pending = list(self._in_flight.values()) + self.queue.drain()
         self._in_flight.clear()
+        self._sent.clear()
         for model in self.models.values():
             model.lost = LOST_MESSAGE.format(address=self.address, model_id=model.model_id)
         for request in pending:
@@ -251,8 +286,50 @@ class TrainerLink:
                 message = LOST_MESSAGE.format(address=self.address, model_id=request.model_id)
                 request.outcome.set_result(_failure(request, grpc.StatusCode.UNAVAILABLE, message))
         self.models.clear()
-        QUEUE_DEPTH.labels(self.base_model).set(0)
+        self._report_depth()
         self.on_lost(self)
+
+
+@dataclass(eq=False)
+class _SentCycle:
+    """A plan sent to the trainer, until its CycleDone."""
+
+    number: int
+    requests: list[Request]
+    started: float  # when the plan went out
+    work_at: float  # when its work began waiting at an empty queue
+    waves: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.waves = max(Tally(r.model_id for r in self.requests).values())
+
+
+class _LinkMetrics:
+    """The link's labelled metric children, looked up once per connection."""
+
+    def __init__(self, address: str, base_model: str) -> None:
+        self.cycles = CYCLES.labels(base_model)
+        self.cycle_seconds = CYCLE_SECONDS.labels(base_model)
+        self.cycle_ops = CYCLE_OPS.labels(base_model)
+        self.cycle_tokens = CYCLE_TOKENS.labels(base_model)
+        self.cycle_tenants = CYCLE_TENANTS.labels(base_model)
+        self.overhead = OVERHEAD_SECONDS.labels(base_model)
+        self.queue_depth = QUEUE_DEPTH.labels(base_model)
+        self.busy = BUSY_SECONDS.labels(address)
+
+    def planned(self, chosen: list[Request], now: float, queued: int) -> None:
+        """A plan went out."""
+        for request in chosen:
+            QUEUE_WAIT.observe(now - request.enqueued_at)
+        self.queue_depth.set(queued)
+        self.cycle_tenants.observe(len({r.tenant for r in chosen}))
+
+    def cycle_done(self, seconds: float, ops: int, tokens: int) -> None:
+        """A cycle ended."""
+        self.cycles.inc()
+        self.cycle_seconds.observe(seconds)
+        self.cycle_ops.observe(ops)
+        self.cycle_tokens.observe(tokens)
 
 
 def _failure(request: Request, code: grpc.StatusCode, message: str) -> trainer_pb2.OpResult:

@@ -1,7 +1,10 @@
 """The `treadle.v1.Trainer` servicer: RunCycles (plans in, op results out) and GetTrainerInfo.
 
 A RunCycles stream handles its plans one at a time, in order; the cycle runner serialises plans
-across streams, so a trainer executes one cycle at a time.
+across streams, so a trainer executes one cycle at a time. Plans execute in a task of their own
+that hands events to the stream through a queue: each gRPC write costs a round trip through the
+completion queue, and a wave's results stream out while the next wave computes instead of holding
+it back (so the cycle's busy time is execution, not waiting on the network).
 """
 
 from __future__ import annotations
@@ -35,12 +38,33 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[trainer_pb2.TrainerEvent]:
         """Execute each plan as it arrives and stream its events."""
-        async for command in request_iterator:
-            if command.WhichOneof("command") != "plan":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "command: expected a plan")
-            log.debug("cycle", extra={"cycle": command.plan.cycle, "ops": len(command.plan.ops)})
-            async for event in self.runner.run(command.plan):
+        events: asyncio.Queue[trainer_pb2.TrainerEvent | None] = asyncio.Queue()
+        executor = asyncio.create_task(self._execute(request_iterator, events))
+        try:
+            while (event := await events.get()) is not None:
                 yield event
+            await executor  # the plans ended: raises if a command was not a plan
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            executor.cancel()
+
+    async def _execute(
+        self,
+        request_iterator: AsyncIterator[trainer_pb2.TrainerCommand],
+        events: asyncio.Queue[trainer_pb2.TrainerEvent | None],
+    ) -> None:
+        """Run the stream's plans in order, queueing their events; None marks the end."""
+        try:
+            async for command in request_iterator:
+                if command.WhichOneof("command") != "plan":
+                    raise ValueError("command: expected a plan")
+                plan = command.plan
+                log.debug("cycle", extra={"cycle": plan.cycle, "ops": len(plan.ops)})
+                async for event in self.runner.run(plan):
+                    events.put_nowait(event)
+        finally:
+            events.put_nowait(None)
 
     async def GetTrainerInfo(
         self, request: trainer_pb2.GetTrainerInfoRequest, context: grpc.aio.ServicerContext
