@@ -16,7 +16,7 @@ from fixtures.data import token_batch
 from fixtures.scheduler import SchedulerFactory
 from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from .conftest import TINY, Raw, client
+from .conftest import TINY, Raw, client, fb_request
 
 
 class RawStream:
@@ -119,6 +119,36 @@ def test_reconnecting_client_resumes_its_session(make_scheduler: SchedulerFactor
         assert not opened(foreign, service.session_id).resumed  # not another tenant's
         foreign.close()
         assert training.forward_backward(token_batch()).result(timeout=30).metrics
+
+
+def test_a_resumed_session_delivers_on_the_new_stream_only(
+    make_scheduler: SchedulerFactory,
+) -> None:
+    with make_scheduler(session_idle_seconds=30) as address, client(address) as service:
+        model_id = service.create_lora_training_client(TINY, rank=4).model_id
+        stale = RawStream(address)  # a connection whose loss the scheduler has not noticed
+        session_id = opened(stale).session_id
+        fresh = RawStream(address)
+        assert opened(fresh, session_id).resumed
+        request = scheduler_pb2.Submit(
+            request_id="r1",
+            model_id=model_id,
+            seq_id=1,
+            forward_backward=fb_request(token_batch()),
+        )
+        fresh.send(scheduler_pb2.ClientMessage(submit=request))
+        answers = []
+        while not answers or answers[-1].WhichOneof("kind") != "result":
+            message = fresh.receive(timeout=30)
+            assert isinstance(message, scheduler_pb2.ServerMessage), message
+            answers.append(message)
+        assert answers[-1].result.request_id == "r1"
+        ending = stale.receive(timeout=10)  # given nothing meant for the new one, then closed
+        assert isinstance(ending, grpc.RpcError), ending
+        assert ending.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert "resumed on a newer stream" in (ending.details() or "")  # type: ignore[attr-defined]
+        stale.close()
+        fresh.close()
 
 
 def test_silent_stream_is_released_others_continue(make_scheduler: SchedulerFactory) -> None:

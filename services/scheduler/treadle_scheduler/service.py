@@ -41,7 +41,12 @@ from treadle_scheduler.validation import LOSS_FNS, check_path, check_training_op
 
 log = logging.getLogger(__name__)
 
-BILLED_TOKENS = Counter("treadle_scheduler_billed_tokens_total", "Tokens billed", ["tenant", "op"])
+BILLED_TOKENS = Counter(
+    "treadle_scheduler_billed_tokens_total",
+    "Tokens billed: datum tokens of forward_backward and forward, sampled tokens of sample, "
+    "prompt tokens of compute_logprobs; a repeated request is billed once",
+    ["tenant", "op"],
+)
 REQUESTS = Counter("treadle_scheduler_requests_total", "Requests answered", ["op", "code"])
 SESSIONS = Gauge("treadle_scheduler_sessions", "Live sessions")
 EPHEMERAL_TTL_SECONDS = 24 * 3600
@@ -326,24 +331,35 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 idle_timeout_seconds=self.config.session_idle_seconds,
             )
         )
+        detached = session.attach()
         reader = asyncio.create_task(self._read(session, request_iterator))
+        replaced = asyncio.ensure_future(detached.wait())
         getter: asyncio.Future[scheduler_pb2.ServerMessage | None] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(session.outbox.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    break  # the client closed its side
+                await asyncio.wait({getter, reader, replaced}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    break  # the client closed its side, or a newer stream took over
                 message = getter.result()
                 getter = None
+                if detached.is_set():  # taken just as a newer stream attached: pass it on
+                    session.outbox.put_nowait(message)
+                    break
                 if message is None:
                     break  # session released
                 yield message
         finally:
             session.streams -= 1
             reader.cancel()
+            replaced.cancel()
             if getter is not None:
                 getter.cancel()
+        if detached.is_set():  # a client still listening here reconnects, as after any loss
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "session: resumed on a newer stream; this stream is closed",
+            )
 
     async def _read(
         self, session: ClientSession, request_iterator: AsyncIterator[scheduler_pb2.ClientMessage]
@@ -487,8 +503,9 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             model.step = int(result.optim_step.metrics.get("step:max", model.step + 1))
         elif which == "load_state":
             model.step = result.load_state.step
-        elif which == "forward_backward":
-            self._billed(session.tenant, kind).inc(request.tokens)
+        elif which == "forward_backward" and owned:  # a repeated request is billed once
+            forward_only = request.op.forward_backward.forward_only
+            self._billed(session.tenant, "forward" if forward_only else kind).inc(request.tokens)
         session.send(scheduler_pb2.ServerMessage(result=reply))
 
     def _counted(self, op: str, code: str) -> Counter:
@@ -533,7 +550,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 )
                 response = await self.samplers.sample(session.tenant, base, request)
                 reply = scheduler_pb2.Result(request_id=submit.request_id, sample=response)
-                BILLED_TOKENS.labels(session.tenant, kind).inc(
+                self._billed(session.tenant, kind).inc(
                     sum(len(s.tokens) for s in response.sequences)
                 )
             else:
@@ -543,6 +560,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 )
                 lp = await self.samplers.compute_logprobs(session.tenant, base, lp_request)
                 reply = scheduler_pb2.Result(request_id=submit.request_id, compute_logprobs=lp)
+                self._billed(session.tenant, kind).inc(len(lp.logprobs) + 1)  # the whole prompt
         except OpError as exc:
             self._reply_error(session, submit.request_id, exc, kind)
             return

@@ -2,8 +2,10 @@
 
 A session outlives its stream: results produced while a client is reconnecting wait in the
 session's outbox, and a client that opens a new stream with the same session id within the idle
-timeout resumes it. A session that sends nothing (not even heartbeats) for the idle timeout is
-released together with its training models.
+timeout resumes it. The newest stream is the only one that delivers: attaching one detaches the
+previous stream, which may not yet have noticed that its connection is gone and would otherwise
+keep taking (and losing) messages meant for the new one. A session that sends nothing (not even
+heartbeats) for the idle timeout is released together with its training models.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     model_ids: set[str] = field(default_factory=set)
     streams: int = 0  # streams attached now
+    delivering: asyncio.Event | None = None  # set when the stream delivering now is detached
     closed: bool = False
     model_counter: int = 0
 
@@ -37,6 +40,13 @@ class Session:
         """Queue a message for the client (delivered when a stream is attached)."""
         if not self.closed:
             self.outbox.put_nowait(message)
+
+    def attach(self) -> asyncio.Event:
+        """Make a new stream the one that delivers; the event is set once it is detached."""
+        if self.delivering is not None:
+            self.delivering.set()
+        self.delivering = asyncio.Event()
+        return self.delivering
 
     def next_model_id(self) -> str:
         """A new model id in Tinker's form `{session}:train:{n}`."""
