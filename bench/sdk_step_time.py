@@ -110,15 +110,15 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=UpConfig().threads_per_worker(),
-        help="torch threads of the in-process loops (default: the trainer's share of the cores)",
+        default=UpConfig().worker_threads()[0],
+        help="torch threads of the trainer and the in-process loops (default: the trainer's)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     plain = plain_peft_ms(args.steps, 4, 64)
     in_process = engine_forward_ms()
-    with local_mesh(TINY, 1) as (mesh, keys):
+    with local_mesh(TINY, 1, args.threads) as (mesh, keys):
         step, latency = sdk_ms(mesh.endpoint, keys[0], args.steps, 4, 64)
     print("\nTraining step, tiny-llama rank 8, 4 x 64 tokens (median ms/step)")
     print(f"  plain in-process PEFT loop      {plain:8.1f}")

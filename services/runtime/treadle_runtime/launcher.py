@@ -48,8 +48,8 @@ class UpConfig:
     torch_threads: int = field(
         default=0,
         metadata={
-            "help": "torch CPU threads per trainer and sampler "
-            "(0 = this machine's cores shared equally among them, at least 1 each)"
+            "help": "torch CPU threads per trainer and sampler (0 = a model's trainers share "
+            "its part of the cores, its samplers half of that)"
         },
     )
     metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
@@ -70,13 +70,15 @@ class UpConfig:
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
 
-    def threads_per_worker(self) -> int:
-        """torch threads of each trainer and sampler: the cores shared equally unless set, so
-        the workers' OpenMP pools do not fight over the same cores."""
+    def worker_threads(self) -> tuple[int, int]:
+        """torch threads of each (trainer, sampler) unless `torch_threads` sets both: the
+        trainers, the throughput engine of a training loop, share all the cores of a model's
+        share of the machine; the samplers half of it, so a sampler running beside a trainer
+        leaves it a core."""
         if self.torch_threads:
-            return self.torch_threads
-        workers = len(self.base_models()) * (self.trainers + self.samplers)
-        return max(1, (os.cpu_count() or 1) // workers)
+            return self.torch_threads, self.torch_threads
+        cores = max(1, (os.cpu_count() or 1) // len(self.base_models()))
+        return max(1, cores // self.trainers), max(1, cores // (2 * self.samplers))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -242,18 +244,23 @@ class LocalMesh:
         self._await([checkpoints], deadline)
         workers: list[Service] = []
         for m, model in enumerate(config.base_models()):
-            flags: dict[str, object] = {
-                "base_model": model,
-                "checkpoints": checkpoints.address,
-                "torch_threads": config.threads_per_worker(),
-            }
+            flags: dict[str, object] = {"base_model": model, "checkpoints": checkpoints.address}
+            trainer_threads, sampler_threads = config.worker_threads()
             tag = "" if m == 0 else f"{m}-"  # trainer-0, trainer-1-0 for a second model, ...
             workers += [
-                self._spawn(f"trainer-{tag}{i}", "treadle_trainer", flags)
+                self._spawn(
+                    f"trainer-{tag}{i}",
+                    "treadle_trainer",
+                    {**flags, "torch_threads": trainer_threads},
+                )
                 for i in range(config.trainers)
             ]
             workers += [
-                self._spawn(f"sampler-{tag}{i}", "treadle_sampler", flags)
+                self._spawn(
+                    f"sampler-{tag}{i}",
+                    "treadle_sampler",
+                    {**flags, "torch_threads": sampler_threads},
+                )
                 for i in range(config.samplers)
             ]
         self._await(workers, deadline)
