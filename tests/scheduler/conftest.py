@@ -56,3 +56,17 @@ def client(address: str, key: str = "tml-team-a", **kwargs: Any) -> treadle.Serv
 def replace(config: SchedulerConfig, **changes: Any) -> SchedulerConfig:
     """A copy of a config with changes."""
     return dataclasses.replace(config, **changes)
+
+
+def assert_failed_with_lost_trainer(futures: list[Any], timeout: float = 60) -> None:
+    """Some of `futures` were in flight on a trainer that died: those fail with UNAVAILABLE and
+    tell the client to resume from its last state checkpoint (the others may have finished)."""
+    failures = []
+    for future in futures:
+        try:
+            future.result(timeout=timeout)
+        except treadle.RequestFailedError as exc:
+            failures.append(exc)
+    assert failures, "nothing was in flight when the trainer died"
+    assert all(f.code == "UNAVAILABLE" for f in failures), failures
+    assert all("resume from your last state checkpoint" in f.message for f in failures)

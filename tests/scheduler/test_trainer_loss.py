@@ -14,6 +14,8 @@ from fixtures.data import token_batch
 from treadle import types
 from treadle_runtime.launcher import LocalMesh, UpConfig
 
+from .conftest import assert_failed_with_lost_trainer
+
 LLAMA, QWEN = "treadle/tiny-llama", "treadle/tiny-qwen2"
 
 
@@ -49,15 +51,7 @@ def test_killed_trainer_fails_its_futures_and_comes_back(
             victim.forward_backward(data).result(timeout=30)
             in_flight = [victim.forward_backward(data) for _ in range(30)]
             two_models.kill("trainer-0")
-            failures = []
-            for future in in_flight:
-                try:
-                    future.result(timeout=30)
-                except treadle.RequestFailedError as exc:
-                    failures.append(exc)
-            assert failures, "nothing was in flight when the trainer died"
-            assert all(f.code == "UNAVAILABLE" for f in failures)
-            assert "resume from your last state checkpoint" in failures[0].message
+            assert_failed_with_lost_trainer(in_flight)
             with pytest.raises(treadle.RequestFailedError) as lost:
                 victim.optim_step(adam).result(timeout=30)
             assert lost.value.code == "UNAVAILABLE"

@@ -15,7 +15,7 @@ from treadle import types
 from treadle.v1 import trainer_pb2, trainer_pb2_grpc
 from treadle_runtime.launcher import LocalMesh, UpConfig
 
-from .conftest import TINY
+from .conftest import TINY, assert_failed_with_lost_trainer
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +73,7 @@ def test_models_spread_over_both_trainers_and_survive_the_other_ones_loss(
             doomed = [m.forward_backward(data) for m in placed["trainer-0"] for _ in range(10)]
             spared = [m.forward_backward(data) for m in placed["trainer-1"] for _ in range(3)]
             two_trainers.kill("trainer-0")
-            failures = []
-            for future in doomed:
-                try:
-                    future.result(timeout=60)
-                except treadle.RequestFailedError as exc:
-                    failures.append(exc)
-            assert failures, "nothing was in flight when the trainer died"
-            assert all(f.code == "UNAVAILABLE" for f in failures)
-            assert "resume from your last state checkpoint" in failures[-1].message
+            assert_failed_with_lost_trainer(doomed)
             for future in spared:
                 assert future.result(timeout=60).metrics["loss:sum"] > 0
             for model in placed["trainer-0"]:
