@@ -11,42 +11,38 @@ the plot of the run's curves. Only the SDK talks to the mesh.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
 
 import treadle
-from treadle import types
+from treadle_cookbook.completers import TreadleMessageCompleter
 from treadle_cookbook.recipes import math_rl
-from treadle_cookbook.renderers import Renderer, get_renderer
+from treadle_cookbook.renderers import get_renderer
 from treadle_cookbook.rl.arithmetic_env import arithmetic_problems
 from treadle_runtime.launcher import LocalMesh, UpConfig
 
 EXAMPLES = 4
 
 
-def answer(sampler: treadle.SamplingClient, renderer: Renderer, question: str) -> str:
-    """The greedy answer to `question`."""
-    prompt = renderer.build_generation_prompt([{"role": "user", "content": question}])
-    params = types.SamplingParams(
-        max_tokens=16, temperature=0.0, stop=renderer.get_stop_sequences()
-    )
-    tokens = sampler.sample(prompt, 1, params).result().sequences[0].tokens
-    return str(renderer.parse_response(tokens)[0]["content"]).strip()
-
-
-def show_examples(service: treadle.ServiceClient, base_model: str, trained_path: str) -> None:
-    """A few held-out questions answered by the base model and by the trained adapter."""
-    renderer = get_renderer("chatml", service.get_tokenizer(base_model))
-    before = service.create_sampling_client(base_model=base_model)
-    after = service.create_sampling_client(model_path=trained_path)
-    held_out = arithmetic_problems("test", 0, 19)
+def show_examples(service: treadle.ServiceClient, recipe: argparse.Namespace, trained: str) -> None:
+    """A few held-out questions answered greedily by the base model and by the trained adapter,
+    rendered and cut as the recipe's evaluation does."""
+    renderer = get_renderer(recipe.renderer, service.get_tokenizer(recipe.base_model))
+    clients = [
+        service.create_sampling_client(base_model=recipe.base_model),
+        service.create_sampling_client(model_path=trained),
+    ]
+    before, after = (TreadleMessageCompleter(c, renderer, recipe.max_tokens, 0.0) for c in clients)
+    held_out = arithmetic_problems("test", recipe.min_operand, recipe.max_operand, recipe.ops)
     print("\nheld-out examples (greedy):")
-    for problem in held_out[:: len(held_out) // EXAMPLES][:EXAMPLES]:
+    for problem in held_out[:: max(1, len(held_out) // EXAMPLES)][:EXAMPLES]:
+        question = [{"role": "user", "content": problem.question}]
+        replies = [asyncio.run(c(question))["content"].strip() for c in (before, after)]
         print(
-            f"  {f'{problem.a} + {problem.b} = {problem.answer}':<13}"
-            f"before: {answer(before, renderer, problem.question)!r:24}  "
-            f"after: {answer(after, renderer, problem.question)!r}"
+            f"  {f'{problem.a} {problem.op} {problem.b} = {problem.answer}':<13}"
+            f"before: {replies[0]!r:24}  after: {replies[1]!r}"
         )
 
 
@@ -61,6 +57,7 @@ def main() -> int:
     recipe = math_rl.build_parser().parse_args(
         ["--base-model", args.base_model, "--steps", str(args.steps), "--log-dir", args.log_dir]
     )
+    math_rl.check(recipe)
     with tempfile.TemporaryDirectory(prefix="treadle-demo-") as data_dir:
         config = UpConfig(base_model=args.base_model, port=0, data_dir=data_dir, metrics=False)
         print(f"starting the local mesh for {args.base_model} ...", flush=True)
@@ -68,7 +65,7 @@ def main() -> int:
             print(f"mesh healthy in {time.monotonic() - started:.1f}s at {mesh.endpoint}")
             with treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key) as service:
                 report = math_rl.run(service, recipe)
-                show_examples(service, args.base_model, report["sampler_checkpoint"])
+                show_examples(service, recipe, report["sampler_checkpoint"])
     print()
     math_rl.print_report(report)
     print(f"demo finished in {time.monotonic() - started:.0f}s")

@@ -118,11 +118,11 @@ class ServiceClient:
         return self._from_state(path, load_optimizer=True)
 
     def _from_state(self, path: str, load_optimizer: bool) -> TrainingClient:
-        client = self._create(
-            scheduler_pb2.CreateModelRequest(from_state_path=path, load_optimizer=load_optimizer)
+        renderer_name = self.create_rest_client().get_weights_info(path).result().renderer_name
+        return self._create(
+            scheduler_pb2.CreateModelRequest(from_state_path=path, load_optimizer=load_optimizer),
+            renderer_name,
         )
-        client.renderer_name = RestClient(self).get_weights_info(path).result().renderer_name
-        return client
 
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None

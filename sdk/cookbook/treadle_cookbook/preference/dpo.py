@@ -137,7 +137,7 @@ class DPOConfig:
     max_steps: int | None = None  # stop after N steps
     eval_every: int = 5  # evaluators every N steps (and before and after)
     final_checkpoint: str = "final"  # name of the state + sampler checkpoints saved at the end
-    renderer_name: str = ""  # recorded in every checkpoint's metadata
+    renderer_name: str | None = None  # for checkpoint metadata (None: the training client's)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -183,10 +183,11 @@ def train_dpo(
         eps=config.adam_eps,
     )
     log = RunLog(config.log_dir, len(schedule) + 1, description="dpo")
-    # the frozen reference: every pair under the initial weights, before the first update
-    reference = np.asarray(
-        reply_logprobs(training_client, [d for pair in dataset.pairs for d in pair])
-    ).reshape(-1, 2)
+    # the frozen reference: every pair the run will train on, under the initial weights,
+    # before the first update
+    used = sorted({i for epoch, index in schedule for i in dataset.batch_indices(index, epoch)})
+    replies = reply_logprobs(training_client, [d for i in used for d in dataset.pairs[i]])
+    reference = dict(zip(used, np.asarray(replies).reshape(-1, 2).tolist(), strict=True))
 
     def evaluate() -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -206,7 +207,7 @@ def train_dpo(
             metrics = evaluate()  # its forward runs after the previous step's optim_step
         pairs = dataset.batch_indices(index, epoch)
         batch = [datum for i in pairs for datum in dataset.pairs[i]]
-        loss_fn = make_dpo_loss_fn(reference[pairs].reshape(-1).tolist(), config.beta)
+        loss_fn = make_dpo_loss_fn([lp for i in pairs for lp in reference[i]], config.beta)
         submitted = (
             training_client.forward_backward_custom(batch, loss_fn),
             training_client.optim_step(adam),

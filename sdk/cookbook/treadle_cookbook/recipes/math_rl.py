@@ -95,14 +95,22 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _operands(args: argparse.Namespace) -> dict[str, Any]:
+    return {"min_operand": args.min_operand, "max_operand": args.max_operand, "ops": args.ops}
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse bad settings before any mesh or model exists."""
+    _config(args).validate()
+    arithmetic_problems("test", **_operands(args))
+
+
 def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, Any]:
     """The whole job against a connected service; returns the report (also report.json)."""
     started = time.monotonic()
     log_dir = Path(args.log_dir)
     config = _config(args)
-    config.validate()
-    operands = {"min_operand": args.min_operand, "max_operand": args.max_operand, "ops": args.ops}
-    arithmetic_problems("test", **operands)  # a bad problem space fails before a model exists
+    operands = _operands(args)
     if args.load_checkpoint:
         training = service.create_training_client_from_state(args.load_checkpoint)
     else:
@@ -161,7 +169,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the exit code is 2 for bad flags."""
-    return run_recipe(build_parser().parse_args(argv), run, print_report, (RenderError,))
+    args = build_parser().parse_args(argv)
+    return run_recipe(args, run, print_report, (RenderError,), lambda: check(args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from treadle import SamplingClient, TrainingClient
 from treadle_cookbook.rl.metrics import compute_trajectory_metrics
-from treadle_cookbook.rl.rollouts import do_group_rollout
+from treadle_cookbook.rl.rollouts import describe_error, do_group_rollout
 from treadle_cookbook.rl.train import Config, Run, TrainResult
 from treadle_cookbook.rl.types import EnvGroupBuilder, RLDataset, RolloutError, TrajectoryGroup
 
@@ -75,7 +75,7 @@ async def do_async_training(
             try:
                 group = await do_group_rollout(builder, run.policy(version.sampling_client))
             except Exception as error:  # a worker never dies: the trainer counts on its groups
-                failure = RolloutError(type(builder).__name__, f"{type(error).__name__}: {error}")
+                failure = RolloutError(type(builder).__name__, describe_error(error))
                 group = TrajectoryGroup([], [], [], [failure])
             await finished.put(SampledGroup(group, version.step, builder))
 

@@ -58,7 +58,7 @@ async def do_single_rollout(policy: TokenCompleter, env: Env) -> Trajectory:
     return await finish_rollout(policy, env, ob, stop, await policy(ob, stop))
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
@@ -116,13 +116,15 @@ async def do_group_rollout(builder: EnvGroupBuilder, policy: TokenCompleter) -> 
     try:
         envs = await builder.make_envs()
     except Exception as error:  # a user's builder may raise anything
-        logger.warning("rollout excluded: %s.make_envs: %s", name, _describe(error))
-        return TrajectoryGroup([], [], [], [RolloutError(f"{name}.make_envs", _describe(error))])
+        logger.warning("rollout excluded: %s.make_envs: %s", name, describe_error(error))
+        return TrajectoryGroup(
+            [], [], [], [RolloutError(f"{name}.make_envs", describe_error(error))]
+        )
     trajectories: list[Trajectory] = []
     errors: list[RolloutError] = []
     for i, outcome in enumerate(await _rollout_all(policy, envs)):
         if isinstance(outcome, Exception):
-            errors.append(RolloutError(f"{name} env {i}", _describe(outcome)))
+            errors.append(RolloutError(f"{name} env {i}", describe_error(outcome)))
         elif isinstance(outcome, BaseException):
             raise outcome  # cancellation and interrupts are not rollout errors
         else:
@@ -130,7 +132,7 @@ async def do_group_rollout(builder: EnvGroupBuilder, policy: TokenCompleter) -> 
     try:
         group_rewards = await builder.compute_group_rewards(trajectories) if trajectories else []
     except Exception as error:  # a user's reward function may raise anything
-        errors.append(RolloutError(f"{name}.compute_group_rewards", _describe(error)))
+        errors.append(RolloutError(f"{name}.compute_group_rewards", describe_error(error)))
         trajectories, group_rewards = [], []
     for excluded in errors:
         logger.warning("rollout excluded: %s: %s", excluded.where, excluded.message)

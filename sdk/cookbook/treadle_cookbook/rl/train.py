@@ -80,7 +80,7 @@ class Config:
     save_every: int = 0  # save a state checkpoint every N steps (0: never)
     max_steps: int | None = None  # stop after N steps (default: the whole dataset)
     final_checkpoint: str = "final"  # name of the state + sampler checkpoints saved at the end
-    renderer_name: str = ""  # recorded in every checkpoint's metadata
+    renderer_name: str | None = None  # for checkpoint metadata (None: the training client's)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
