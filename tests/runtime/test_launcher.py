@@ -11,7 +11,7 @@ from treadle_runtime.launcher import LocalMesh, UpConfig
 
 
 def test_the_cores_are_shared_among_the_workers() -> None:
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     assert UpConfig().worker_threads() == (cores, max(1, cores // 2))
     two_models = UpConfig(base_model="a,b", trainers=2, samplers=2)
     assert two_models.worker_threads() == (max(1, cores // 4), max(1, cores // 8))

@@ -50,9 +50,10 @@ class CheckpointsApp:
         return [SERVICE_NAME]
 
     async def close(self) -> None:
-        """Stop the sweep."""
+        """Stop the sweep and the store's readers."""
         if self._sweep_task is not None:
             self._sweep_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweep_task
             self._sweep_task = None
+        self.store.close()

@@ -110,6 +110,10 @@ class S3Store:
             max_workers=_READER_THREADS, thread_name_prefix="s3-read"
         )
 
+    def close(self) -> None:
+        """Stop the stream readers' threads (a read still running ends with its stream)."""
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
     @classmethod
     def from_config(cls, config: CheckpointsConfig) -> S3Store:
         """The store `config` describes."""
@@ -248,7 +252,9 @@ class S3Store:
                     if digest is not None:
                         digest.update(data)
                     if data:
-                        room.acquire()
+                        while not room.acquire(timeout=1.0):  # a forgotten stream ends too
+                            if stop.is_set() or loop.is_closed():
+                                return
                         loop.call_soon_threadsafe(pieces.put_nowait, data)
                     if not data or response.length_remaining == 0:
                         return

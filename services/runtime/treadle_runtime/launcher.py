@@ -77,7 +77,7 @@ class UpConfig:
         leaves it a core."""
         if self.torch_threads:
             return self.torch_threads, self.torch_threads
-        cores = max(1, (os.cpu_count() or 1) // len(self.base_models()))
+        cores = max(1, len(os.sched_getaffinity(0)) // len(self.base_models()))
         return max(1, cores // self.trainers), max(1, cores // (2 * self.samplers))
 
 
@@ -243,24 +243,21 @@ class LocalMesh:
         )
         self._await([checkpoints], deadline)
         workers: list[Service] = []
+        threads = {  # a TREADLE_<SERVICE>_TORCH_THREADS set by the user is left to take effect
+            service: {}
+            if os.environ.get(f"TREADLE_{service.upper()}_TORCH_THREADS")
+            else {"torch_threads": count}
+            for service, count in zip(("trainer", "sampler"), config.worker_threads(), strict=True)
+        }
         for m, model in enumerate(config.base_models()):
             flags: dict[str, object] = {"base_model": model, "checkpoints": checkpoints.address}
-            trainer_threads, sampler_threads = config.worker_threads()
             tag = "" if m == 0 else f"{m}-"  # trainer-0, trainer-1-0 for a second model, ...
             workers += [
-                self._spawn(
-                    f"trainer-{tag}{i}",
-                    "treadle_trainer",
-                    {**flags, "torch_threads": trainer_threads},
-                )
+                self._spawn(f"trainer-{tag}{i}", "treadle_trainer", {**flags, **threads["trainer"]})
                 for i in range(config.trainers)
             ]
             workers += [
-                self._spawn(
-                    f"sampler-{tag}{i}",
-                    "treadle_sampler",
-                    {**flags, "torch_threads": sampler_threads},
-                )
+                self._spawn(f"sampler-{tag}{i}", "treadle_sampler", {**flags, **threads["sampler"]})
                 for i in range(config.samplers)
             ]
         self._await(workers, deadline)

@@ -3,10 +3,9 @@
 The checkpoints service moves every checkpoint through short-lived buffers of varying sizes (S3
 pieces, protobuf messages, gRPC slices, multipart parts). By default glibc serves large blocks
 with fresh mmap()s and returns freed heap tops to the kernel, so the next piece lands on new pages
-and pays a page fault per 4 KiB; profiled, those faults were the largest single cost of a
-checkpoint load. Raising both thresholds keeps the memory for the next piece instead, at the
-price of holding on to up to `retain_bytes` of freed memory. (A trainer's steady state was
-measured too: its passes already reuse their memory, so it is left alone.)
+and pays a page fault per 4 KiB, the largest single cost of a checkpoint load. Raising both
+thresholds keeps the memory for the next piece instead, at the price of holding on to up to
+`retain_bytes` of freed memory. A trainer's passes reuse their memory without it.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ DONE_KEPT = 256  # finished requests remembered per model for idempotent retries
 
 @dataclass(eq=False)
 class Request:
-    """One training op on its way through a cycle; `op_bytes` is the op serialized on arrival,
-    so that planning a cycle only concatenates bytes (plans.py)."""
+    """One training op on its way through a cycle; `op_bytes` is the op serialized when it is
+    queued, so that planning a cycle only concatenates bytes (plans.py)."""
 
     model_id: str
     seq_id: int
@@ -40,10 +40,7 @@ class Request:
     tenant: str = ""
     enqueued_at: float = field(default_factory=time.monotonic)
     cycle: int = 0
-    op_bytes: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.op_bytes = self.op.SerializeToString()
+    op_bytes: bytes = field(default=b"", repr=False)  # set when queued for a trainer
 
 
 def payload_digest(message: object) -> bytes:

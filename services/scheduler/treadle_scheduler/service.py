@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 BILLED_TOKENS = Counter(
     "treadle_scheduler_billed_tokens_total",
     "Tokens billed: datum tokens of forward_backward and forward, sampled tokens of sample, "
-    "prompt tokens of compute_logprobs; a repeated request is billed once",
+    "prompt tokens of compute_logprobs; a repeated training request is billed once",
     ["tenant", "op"],
 )
 REQUESTS = Counter("treadle_scheduler_requests_total", "Requests answered", ["op", "code"])
@@ -324,6 +324,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             )
         session, resumed = self.sessions.open(tenant, first.open.session_id)
         session.streams += 1
+        detached = session.attach()  # from now on the older stream delivers nothing
         yield scheduler_pb2.ServerMessage(
             opened=scheduler_pb2.SessionOpened(
                 session_id=session.session_id,
@@ -331,7 +332,6 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 idle_timeout_seconds=self.config.session_idle_seconds,
             )
         )
-        detached = session.attach()
         reader = asyncio.create_task(self._read(session, request_iterator))
         replaced = asyncio.ensure_future(detached.wait())
         getter: asyncio.Future[scheduler_pb2.ServerMessage | None] | None = None

@@ -11,10 +11,12 @@ by op as the trainer streams them.
 
 Overhead per cycle is the time from the moment it could have started (the previous CycleDone, or
 work arriving at an empty queue, whichever is later) to its own CycleDone, minus the trainer's
-busy time; summed over a run it is exactly the wall time the trainer was not executing plans
-while work waited. A trainer that disappears fails its in-flight
-and queued requests with UNAVAILABLE, and its models are marked lost; the link reconnects and the
-trainer takes new models when it is back.
+busy time, floored at zero; summed over a run it is the wall time the trainer was not executing
+plans while work waited. A cycle's duration likewise runs from the later of its plan being sent
+and the previous CycleDone, so a plan sent early does not count the cycle it waited behind.
+
+A trainer that disappears fails its in-flight and queued requests with UNAVAILABLE, and its
+models are marked lost; the link reconnects and the trainer takes new models when it is back.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ CYCLE_TENANTS = Histogram(
 )
 OVERHEAD_SECONDS = Histogram(
     "treadle_scheduler_cycle_overhead_seconds",
-    "Time of a cycle spent outside the trainer (planning, queueing, gRPC)",
+    "Time the trainer sat idle while this cycle's work waited: from the later of the previous "
+    "CycleDone and work arriving at an idle link, to this CycleDone, minus the trainer's busy time",
     ["base_model"],
     buckets=(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1),
 )
@@ -102,12 +105,10 @@ class TrainerLink:
         self.spec: common_pb2.ModelCapability | None = None
         self.up = False
         self.cycle = 0  # number of the cycle running now or last run
-        self.running = False
         self.queue = FairQueue()
         self.models: dict[str, ModelRecord] = {}
         self._busy_window: deque[tuple[float, float]] = deque()  # (cycle end, busy seconds)
         self._connected_at = 0.0
-        self.last_overhead = 0.0
         self._work = asyncio.Event()
         self._work_at = 0.0  # when work last arrived at an empty queue
         self._free_at = 0.0  # when the link last became free to start a cycle
@@ -143,6 +144,7 @@ class TrainerLink:
         if not self.queue:
             self._work_at = time.monotonic()
         for request in requests:
+            request.op_bytes = request.op.SerializeToString()
             self.queue.push(request.tenant, request)
         self._report_depth()
         if not self._work.is_set():
@@ -223,7 +225,6 @@ class TrainerLink:
         if not chosen:
             return False
         self.cycle += 1
-        self.running = True
         for request in chosen:
             request.cycle = self.cycle
             self._in_flight[request.op.op_id] = request
@@ -238,14 +239,14 @@ class TrainerLink:
         """Close the oldest cycle sent: fail its unanswered ops, account its time."""
         ended = time.monotonic()
         cycle = self._sent.popleft()
-        self.running = bool(self._sent)
         for request in cycle.requests:  # an op the trainer never answered
             self._in_flight.pop(request.op.op_id, None)
             if not request.outcome.done():
                 request.outcome.set_result(_failure(request, grpc.StatusCode.INTERNAL, "no result"))
         ready_at = max(self._free_at, cycle.work_at)
         self._account(metrics, ended, ended - ready_at, done.busy_seconds)
-        metrics.cycle_done(ended - cycle.started, len(cycle.requests), done.tokens)
+        duration = ended - max(cycle.started, self._free_at)  # not the cycle it waited behind
+        metrics.cycle_done(duration, len(cycle.requests), done.tokens)
         self._free_at = ended
         if self.min_cycle_seconds > ended - cycle.started:
             await asyncio.sleep(self.min_cycle_seconds - (ended - cycle.started))
@@ -256,8 +257,7 @@ class TrainerLink:
         `elapsed` runs from the moment this cycle could have started (the previous cycle's
         CycleDone, or work arriving at an idle link) to its own CycleDone."""
         metrics.busy.inc(busy)
-        self.last_overhead = max(0.0, elapsed - busy)
-        metrics.overhead.observe(self.last_overhead)
+        metrics.overhead.observe(max(0.0, elapsed - busy))
         self._busy_window.append((ended, busy))
 
     def utilization(self) -> float:
@@ -274,7 +274,6 @@ class TrainerLink:
     def _lose(self) -> None:
         """Fail everything the trainer held or was about to run; its models' state is gone."""
         self.up = False
-        self.running = False
         TRAINER_UP.labels(self.address).set(0)
         pending = list(self._in_flight.values()) + self.queue.drain()
         self._in_flight.clear()

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "treadle.v1.Trainer"
 
 
+class NotAPlanError(ValueError):
+    """A RunCycles command that is not a plan."""
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     """Serves one CycleRunner."""
 
@@ -44,10 +48,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             while (event := await events.get()) is not None:
                 yield event
             await executor  # the plans ended: raises if a command was not a plan
-        except ValueError as exc:
+        except NotAPlanError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             executor.cancel()
+            await asyncio.gather(executor, return_exceptions=True)
 
     async def _execute(
         self,
@@ -58,7 +63,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         try:
             async for command in request_iterator:
                 if command.WhichOneof("command") != "plan":
-                    raise ValueError("command: expected a plan")
+                    raise NotAPlanError("command: expected a plan")
                 plan = command.plan
                 log.debug("cycle", extra={"cycle": plan.cycle, "ops": len(plan.ops)})
                 async for event in self.runner.run(plan):
