@@ -206,7 +206,7 @@ def test_a_stream_restored_to_a_scheduler_without_the_session_fails_aborted(
             started = time.monotonic()
             done = run_example_acting(example, proxy.address, "tml-team-a", fail_over)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120  # failed, not retrying for ever
     assert "step 2 loss" in done.stdout and "step 3 loss" not in done.stdout
     assert "ABORTED: session_id:" in done.stderr and "no longer knows session" in done.stderr
 
@@ -248,9 +248,12 @@ def test_a_scheduler_gone_for_good_fails_unavailable_after_the_attempts_allowed(
     finally:
         scheduler.__exit__(None, None, None)
     stopped = time.monotonic()
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 1, stdout + stderr
-    assert time.monotonic() - stopped < 15
+    assert time.monotonic() - stopped < 90  # gave up after its attempts
     assert "step 1000 loss" not in stdout
     assert re.search(
         r"UNAVAILABLE: session stream lost and not restored within 3 attempts", stderr

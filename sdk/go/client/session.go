@@ -234,7 +234,7 @@ func (s *Session) serve(stream treadlev1.Treadle_SessionClient) {
 		if s.life.Err() != nil {
 			return // closed
 		}
-		if final || !s.transient(err) {
+		if final || !s.transient(err) || s.options.attempts == 0 { // 0: reconnection is off
 			if err == io.EOF {
 				err = ErrClosed
 			}
