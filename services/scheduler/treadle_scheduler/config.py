@@ -12,7 +12,13 @@ class SchedulerConfig(ServerConfig):
     """Treadle scheduler: the public endpoint (auth, sessions, ordering, clock cycles)."""
 
     trainers: str = field(default="", metadata={"help": "trainer addresses, comma-separated"})
-    samplers: str = field(default="", metadata={"help": "sampler addresses, comma-separated"})
+    samplers: str = field(
+        default="",
+        metadata={"help": "sampler addresses, comma-separated; a DNS name means every replica"},
+    )
+    sampler_refresh_seconds: float = field(
+        default=30.0, metadata={"help": "how often sampler names are resolved again"}
+    )
     checkpoints: str = field(default="", metadata={"help": "checkpoints service address"})
     api_keys: str = field(default="", metadata={"help": "API keys as KEY=tenant,KEY2=tenant2"})
     api_keys_file: str = field(default="", metadata={"help": "file of API keys (JSON or lines)"})
@@ -50,6 +56,8 @@ class SchedulerConfig(ServerConfig):
             raise ValueError("session_idle_seconds: must be > 0")
         if self.cycle_token_budget <= 0:
             raise ValueError("cycle_token_budget: must be > 0")
+        if self.sampler_refresh_seconds <= 0:
+            raise ValueError("sampler_refresh_seconds: must be > 0")
 
     def addresses(self, name: str) -> list[str]:
         """The comma-separated addresses of config field `name` as a list."""

@@ -3,13 +3,21 @@
 A request goes to a sampler serving its base model, preferring one that has recently served the
 same adapter (its cache is warm), otherwise the one with the fewest requests in flight. Sampling
 is not cycle-bound: it runs as soon as it arrives.
+
+Replicas are found by name: each configured address whose host is a DNS name (a Kubernetes
+headless Service, for example) stands for every address it resolves to, and names are resolved
+again on every refresh, so replicas that an autoscaler adds are used and removed ones dropped.
+A name that fails to resolve keeps the replicas it had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -57,14 +65,56 @@ class SamplerLink:
             await self._channel.close(None)
 
 
-class SamplerPool:
-    """All sampler replicas."""
+Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> ["ip:port", ...]
 
-    def __init__(self, addresses: list[str]) -> None:
+
+async def resolve_replicas(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, as "ip:port" (IPv6 in brackets)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = []
+    for family, *_, sockaddr in infos:
+        ip = f"[{sockaddr[0]}]" if family == socket.AF_INET6 else sockaddr[0]
+        found.append(f"{ip}:{port}")
+    return list(dict.fromkeys(found))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class SamplerPool:
+    """All sampler replicas, found from the configured addresses."""
+
+    def __init__(self, addresses: list[str], resolve: Resolver = resolve_replicas) -> None:
+        self.targets = addresses
+        self.resolve = resolve
+        self.found: dict[str, list[str]] = {a: [a] for a in addresses}  # target -> replicas
         self.links = [SamplerLink(a) for a in addresses]
 
+    async def discover(self) -> None:
+        """Resolve the named targets again; add links for new replicas, close vanished ones."""
+        for target in self.targets:
+            host, _, port = target.rpartition(":")
+            if _is_ip(host):
+                continue
+            try:
+                self.found[target] = await self.resolve(host, int(port)) or self.found[target]
+            except OSError as exc:  # keep what was found before
+                log.warning("sampler name did not resolve", extra={"target": target, "error": exc})
+        wanted = list(dict.fromkeys(a for t in self.targets for a in self.found[t]))
+        known = {link.address: link for link in self.links}
+        gone = [link for address, link in known.items() if address not in wanted]
+        self.links = [known.get(address) or SamplerLink(address) for address in wanted]
+        await asyncio.gather(*(link.close() for link in gone))
+
     async def refresh(self) -> None:
-        """Query every sampler's models (unreachable ones are retried on use)."""
+        """Find the replicas and query every one's models (unreachable ones are retried on
+        use)."""
+        await self.discover()
         await asyncio.gather(*(link.refresh() for link in self.links))
 
     def base_models(self) -> set[str]:

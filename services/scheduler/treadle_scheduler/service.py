@@ -104,6 +104,7 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
             link.start()
         await self.samplers.refresh()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._find_samplers(), name="samplers"))
 
     async def stop(self) -> None:
         """Stop loops and close channels."""
@@ -147,6 +148,12 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                         )
                     )
             SESSIONS.set(len(self.sessions))
+
+    async def _find_samplers(self) -> None:
+        """Resolve sampler names again now and then: replicas come and go."""
+        while True:
+            await asyncio.sleep(self.config.sampler_refresh_seconds)
+            await self.samplers.refresh()
 
     def _release(self, session: ClientSession, reason: str) -> None:
         """Release a session and its models' adapters."""
