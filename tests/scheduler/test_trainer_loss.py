@@ -11,8 +11,9 @@ import pytest
 
 import treadle
 from fixtures.data import token_batch
+from fixtures.mesh import extra_mesh
 from treadle import types
-from treadle_runtime.launcher import LocalMesh, UpConfig
+from treadle_runtime.launcher import LocalMesh
 
 from .conftest import assert_failed_with_lost_trainer
 
@@ -21,14 +22,7 @@ LLAMA, QWEN = "treadle/tiny-llama", "treadle/tiny-qwen2"
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    config = UpConfig(
-        base_model=f"{LLAMA},{QWEN}",
-        port=0,
-        data_dir=str(tmp_path_factory.mktemp("two-models")),
-        metrics=False,
-        api_keys="tml-other=other",
-    )
-    with LocalMesh(config) as running:
+    with extra_mesh(tmp_path_factory, "two-models", base_model=f"{LLAMA},{QWEN}") as running:
         yield running
 
 

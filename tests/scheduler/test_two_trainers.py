@@ -11,24 +11,17 @@ import pytest
 
 import treadle
 from fixtures.data import token_batch
+from fixtures.mesh import extra_mesh
 from treadle import types
 from treadle.v1 import trainer_pb2, trainer_pb2_grpc
-from treadle_runtime.launcher import LocalMesh, UpConfig
+from treadle_runtime.launcher import LocalMesh
 
 from .conftest import TINY, assert_failed_with_lost_trainer
 
 
 @pytest.fixture(scope="module")
 def two_trainers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    config = UpConfig(
-        base_model=TINY,
-        trainers=2,
-        port=0,
-        data_dir=str(tmp_path_factory.mktemp("two-trainers")),
-        metrics=False,
-        api_keys="tml-other=other",
-    )
-    with LocalMesh(config) as running:
+    with extra_mesh(tmp_path_factory, "two-trainers", trainers=2) as running:
         yield running
 
 
