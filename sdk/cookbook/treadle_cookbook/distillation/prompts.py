@@ -8,7 +8,6 @@ lists of messages; builders hold only data (picklable).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from treadle_cookbook.rl.types import (
     Env,
     EnvGroupBuilder,
     Observation,
-    RLDataset,
+    SampledRLDataset,
     StepResult,
 )
 from treadle_cookbook.supervised.data import DatasetError, load_conversations
@@ -73,7 +72,7 @@ class PromptGroupBuilder(EnvGroupBuilder):
         return [PromptEnv(self.renderer, self.messages) for _ in range(self.group_size)]
 
 
-class PromptDataset(RLDataset):
+class PromptDataset(SampledRLDataset):
     """`n_batches` batches of `batch_size` prompts drawn (seeded) from `prompts`."""
 
     def __init__(
@@ -87,23 +86,12 @@ class PromptDataset(RLDataset):
     ) -> None:
         if not prompts:
             raise ValueError("prompts: no prompts")
-        if batch_size < 1 or group_size < 1 or n_batches < 1:
-            raise ValueError("batch_size, group_size, n_batches: must be >= 1")
-        self.prompts = [tuple(p) for p in prompts]
+        super().__init__([tuple(p) for p in prompts], batch_size, group_size, n_batches, seed)
         self.renderer = renderer
-        self.batch_size = batch_size
-        self.group_size = group_size
-        self.n_batches = n_batches
-        self.seed = seed
 
-    def __len__(self) -> int:
-        return self.n_batches
+    @property
+    def prompts(self) -> list[tuple[Message, ...]]:
+        return self.items
 
-    def get_batch(self, index: int) -> Sequence[EnvGroupBuilder]:
-        if not 0 <= index < self.n_batches:
-            raise IndexError(f"batch {index} of {self.n_batches}")
-        rng = random.Random(self.seed * 1_000_003 + index)
-        return [
-            PromptGroupBuilder(self.renderer, rng.choice(self.prompts), self.group_size)
-            for _ in range(self.batch_size)
-        ]
+    def builder(self, item: tuple[Message, ...]) -> PromptGroupBuilder:
+        return PromptGroupBuilder(self.renderer, item, self.group_size)

@@ -10,7 +10,6 @@ accuracy measures generalisation, not memory.
 from __future__ import annotations
 
 import functools
-import random
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from treadle_cookbook.eval.tasks import extract_number
 from treadle_cookbook.renderers import Message, Renderer
 from treadle_cookbook.rl.problem_env import ProblemEnv, ProblemGroupBuilder
-from treadle_cookbook.rl.types import EnvGroupBuilder, RLDataset
+from treadle_cookbook.rl.types import EnvGroupBuilder, RLDataset, SampledRLDataset
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 QUESTION = "What is {a} {op} {b}? Answer with just the number."
@@ -96,7 +95,7 @@ class ArithmeticEnv(ProblemEnv):
         return str(self.problem.answer)
 
 
-class ArithmeticDataset(RLDataset):
+class ArithmeticDataset(SampledRLDataset):
     """`n_batches` batches of `batch_size` problems (with replacement), `group_size` envs each;
     batch i is the same for a given seed, whatever else ran before it."""
 
@@ -113,24 +112,14 @@ class ArithmeticDataset(RLDataset):
         ops: str = "+",
         format_coef: float = 0.1,
     ) -> None:
-        if batch_size < 1 or group_size < 1 or n_batches < 1:
-            raise ValueError("batch_size, group_size, n_batches: must be >= 1")
+        problems = arithmetic_problems(split, min_operand, max_operand, ops)
+        super().__init__(problems, batch_size, group_size, n_batches, seed)
         self.renderer = renderer
-        self.problems = arithmetic_problems(split, min_operand, max_operand, ops)
-        self.batch_size = batch_size
-        self.group_size = group_size
-        self.n_batches = n_batches
-        self.seed = seed
         self.format_coef = format_coef
 
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def get_batch(self, index: int) -> Sequence[EnvGroupBuilder]:
-        if not 0 <= index < self.n_batches:
-            raise IndexError(f"batch {index} of {self.n_batches}")
-        rng = random.Random(self.seed * 1_000_003 + index)
-        return [self.builder(rng.choice(self.problems)) for _ in range(self.batch_size)]
+    @property
+    def problems(self) -> list[Problem]:
+        return self.items
 
     def builder(self, problem: Problem) -> ProblemGroupBuilder:
         """The group builder of one problem (picklable)."""

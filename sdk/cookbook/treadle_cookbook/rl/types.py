@@ -9,9 +9,10 @@ files), so a loop can fan rollout work out to processes; everything that talks t
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from treadle import types
 from treadle_cookbook.completers import StopCondition, TokensWithLogprobs
@@ -113,6 +114,35 @@ class RLDataset:
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+
+class SampledRLDataset(RLDataset):
+    """`n_batches` batches of `batch_size` items drawn with replacement from `items`, one group
+    builder each (`builder`, defined by the subclass); batch i is the same for a given seed,
+    whatever else ran before it."""
+
+    def __init__(
+        self, items: Sequence[Any], batch_size: int, group_size: int, n_batches: int, seed: int
+    ) -> None:
+        if batch_size < 1 or group_size < 1 or n_batches < 1:
+            raise ValueError("batch_size, group_size, n_batches: must be >= 1")
+        self.items = list(items)
+        self.batch_size = batch_size
+        self.group_size = group_size
+        self.n_batches = n_batches
+        self.seed = seed
+
+    def builder(self, item: Any) -> EnvGroupBuilder:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def get_batch(self, index: int) -> Sequence[EnvGroupBuilder]:
+        if not 0 <= index < self.n_batches:
+            raise IndexError(f"batch {index} of {self.n_batches}")
+        rng = random.Random(self.seed * 1_000_003 + index)
+        return [self.builder(rng.choice(self.items)) for _ in range(self.batch_size)]
 
 
 class RLDatasetBuilder:
