@@ -1,6 +1,7 @@
 """The chunked unembedding sweep equals autograd over full logits: the same logprobs as
 treadle_models.target_logprobs and the same gradients for the hidden states and the lm_head LoRA
-matrices, whatever the chunk size; a non-finite loss is reported for its segment alone."""
+matrices, whatever the chunk size and whether a chunk of one adapter folds its LoRA term into
+the base products (StackedHead); a non-finite loss is reported for its segment alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from treadle_models.logprobs import target_logprobs
-from treadle_trainer.head import HeadSegment, unembed
+from treadle_trainer.head import HeadSegment, StackedHead, unembed
 
 V, H, M = 1000, 16, 40
 SEGMENTS = [(0, 12, 4, 0.5), (12, 20, None, 1.0), (32, 8, 2, 2.0)]  # start, count, rank, scale
@@ -63,8 +64,9 @@ def _reference(hidden, weight, targets, loras, coefficients, forward_only: set[i
     return lp.detach(), hidden.grad, grads
 
 
+@pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64])
-def test_the_sweep_equals_autograd_over_full_logits(chunk_rows):
+def test_the_sweep_equals_autograd_over_full_logits(chunk_rows, stacked):
     hidden, weight, targets, loras, coefficients = _inputs(0)
     forward_only = {1}
     segments = [
@@ -75,7 +77,7 @@ def test_the_sweep_equals_autograd_over_full_logits(chunk_rows):
         )
         for i, ((start, count, _, scale), lora) in enumerate(zip(SEGMENTS, loras, strict=True))
     ]  # fmt: skip
-    out = unembed(hidden, weight, targets, segments, chunk_rows)
+    out = unembed(hidden, weight, targets, segments, chunk_rows, StackedHead() if stacked else None)
     lp, grad_hidden, lora_grads = _reference(
         hidden, weight, targets, loras, coefficients, forward_only
     )

@@ -29,7 +29,7 @@ from treadle_trainer import metrics
 from treadle_trainer.adapters import Adapter
 from treadle_trainer.flops import measure_matmul_peak, model_flops
 from treadle_trainer.grouped_lora import Group
-from treadle_trainer.head import HeadSegment, TokenLoss, unembed
+from treadle_trainer.head import HeadSegment, StackedHead, TokenLoss, unembed
 from treadle_trainer.inputs import DatumArrays, LossBatch
 from treadle_trainer.lora_bank import LoraBank, adapter_key
 from treadle_trainer.losses import LOSSES, LossInputs, loss_metrics
@@ -104,6 +104,8 @@ class TrainerEngine:
         self.flops = model_flops(base)
         self.bank = LoraBank(base)
         self.head_chunk_rows = head_chunk_rows or default_chunk_rows(self.device, spec.vocab_size)
+        # on the CPU a single adapter's lm_head LoRA is folded into the head's products
+        self.stacked_head = StackedHead() if self.device.type == "cpu" else None
         self.residency = Residency(
             max_resident_adapters, offload_store(offload, self.device, offload_dir), self.device
         )
@@ -220,7 +222,12 @@ class TrainerEngine:
         hidden_MH = rows.real_tokens(hidden.detach().reshape(rows.B * rows.T, -1))
         targets_M = rows.real_tokens(rows.targets.reshape(-1))
         out = unembed(
-            hidden_MH, self.bank.unembed.weight, targets_M, segments, self.head_chunk_rows
+            hidden_MH,
+            self.bank.unembed.weight,
+            targets_M,
+            segments,
+            self.head_chunk_rows,
+            self.stacked_head,
         )
         for (op, _), segment, finite in zip(part, segments, out.finite, strict=True):
             if op in trains and not finite:

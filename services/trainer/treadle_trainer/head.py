@@ -17,6 +17,12 @@ Key decision: the head's backward happens during the forward sweep. It costs the
 autograd (one forward, one input-gradient product) but works in one chunk of memory; the caller
 backpropagates dh through the decoder. A segment whose loss is not finite is reported so that
 the caller can drop its gradient.
+
+On the CPU, a chunk that belongs to one adapter training lm_head runs its LoRA term inside the
+base products: z = [h | xa]·[W | Bᵀ]ᵀ and [dh | dz·B] = dz·[W | Bᵀ], with [W | Bᵀ] kept in a
+`StackedHead` whose W columns are copied once and whose B columns are refreshed per use. The
+[tokens, vocab] logits and their gradient are then streamed twice instead of four times, which
+is most of the cost of a small model's step.
 """
 
 from __future__ import annotations
@@ -50,6 +56,30 @@ class HeadOutput:
     finite: list[bool]  # per segment: its loss is finite
 
 
+class StackedHead:
+    """[W | Bᵀ] of the frozen unembedding W and one adapter's lm_head B at a time."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+        self._source: tuple[int, torch.dtype, torch.device] | None = None
+
+    def get(self, weight_VH: torch.Tensor, bt_RV: torch.Tensor) -> torch.Tensor:
+        """A [V, H + r] view holding W and Bᵀ (r = the adapter's rank)."""
+        vocab, hidden = weight_VH.shape
+        rank = bt_RV.shape[0]
+        source = (weight_VH.data_ptr(), weight_VH.dtype, weight_VH.device)
+        buffer = self._buffer
+        if buffer is None or self._source != source or buffer.shape[1] < hidden + rank:
+            buffer = torch.empty(
+                vocab, hidden + max(rank, 16), dtype=weight_VH.dtype, device=weight_VH.device
+            )
+            buffer[:, :hidden].copy_(weight_VH)
+            self._buffer, self._source = buffer, source
+        stacked = buffer[:, : hidden + rank]
+        stacked[:, hidden:].copy_(bt_RV.t())
+        return stacked
+
+
 @torch.no_grad()
 def unembed(
     hidden_MH: torch.Tensor,
@@ -57,11 +87,13 @@ def unembed(
     targets_M: torch.Tensor,
     segments: Sequence[HeadSegment],
     chunk_rows: int,
+    stacked: StackedHead | None = None,
 ) -> HeadOutput:
     """Logprobs of `targets_M` and the loss gradients, sweeping the rows in chunks.
 
     A chunk may span several segments (one matmul with the base weight for all of them);
-    each segment's LoRA term, loss and LoRA gradients apply to its part of the chunk.
+    each segment's LoRA term, loss and LoRA gradients apply to its part of the chunk. With
+    `stacked`, a chunk of one lm_head-training adapter folds its LoRA term into the base products.
     """
     rows = hidden_MH.shape[0]
     device = hidden_MH.device
@@ -80,7 +112,7 @@ def unembed(
             for i, seg in enumerate(segments)
             if seg.start < end and seg.start + seg.count > start
         ]
-        _chunk(hidden_MH, weight_VH, targets_M, segments, start, end, parts, out, totals)
+        _chunk(hidden_MH, weight_VH, targets_M, segments, start, end, parts, out, totals, stacked)
     if training:  # one device-to-host transfer for every segment
         out.finite = torch.isfinite(torch.stack(totals)).tolist()
     return out
@@ -96,9 +128,9 @@ def _chunk(
     parts: list[tuple[int, int, int]],  # (segment, first row, end row) within the chunk
     out: HeadOutput,
     totals: list[torch.Tensor],
+    stacked: StackedHead | None,
 ) -> None:
     h, targets = hidden_MH[start:end], targets_M[start:end]
-    logits = torch.mm(h, weight.t())
     xas: dict[int, torch.Tensor] = {}
     for i, a, b in parts:
         lora = segments[i].lora
@@ -106,7 +138,19 @@ def _chunk(
             xas[i] = torch.mm(h[a:b], lora[0].t())
             if lora[2] != 1.0:
                 xas[i].mul_(lora[2])
-            logits[a:b].addmm_(xas[i], lora[1])
+    folded: torch.Tensor | None = None  # [W | Bᵀ] of the chunk's one adapter
+    whole = len(parts) == 1 and parts[0][1:] == (0, end - start)
+    if stacked is not None and whole and parts[0][0] in xas:
+        lora = segments[parts[0][0]].lora
+        assert lora is not None
+        folded = stacked.get(weight, lora[1])
+        logits = torch.mm(torch.cat([h, xas[parts[0][0]]], dim=1), folded.t())
+    else:
+        logits = torch.mm(h, weight.t())
+        for i, a, b in parts:
+            lora = segments[i].lora
+            if lora is not None:
+                logits[a:b].addmm_(xas[i], lora[1])
     z = logits.float()
     target_z = z.gather(1, targets[:, None]).squeeze(1)
     peak = z.amax(dim=1)
@@ -130,7 +174,12 @@ def _chunk(
     dz.scatter_add_(1, targets[:, None], g[:, None])
     dz = dz.to(weight.dtype)
     grad_h = out.grad_hidden[start:end]
-    torch.mm(dz, weight, out=grad_h)
+    if folded is not None:
+        both = torch.mm(dz, folded)  # [dz·W | dz·B]
+        hidden = weight.shape[1]
+        grad_h.copy_(both[:, :hidden])
+    else:
+        torch.mm(dz, weight, out=grad_h)
     for i, a, b in training:
         lora = segments[i].lora
         if lora is None:
@@ -138,7 +187,10 @@ def _chunk(
         # the products that read dz are laid out as [r, ·] = [r, ·]·[·, ·] so BLAS streams dz
         # once with a wide output (dzᵀ·xa or dz·B are several times slower for r ≪ V)
         grad_bt = torch.mm(xas[i].t(), dz[a:b])  # dBᵀ [r, V]
-        gxa = torch.mm(lora[1], dz[a:b].t()).t()  # dz·B [n, r]
+        if folded is not None:
+            gxa = both[:, hidden:].contiguous()  # dz·B [n, r], from the product above
+        else:
+            gxa = torch.mm(lora[1], dz[a:b].t()).t()  # dz·B [n, r]
         if lora[2] != 1.0:
             gxa.mul_(lora[2])
         grad_a = torch.mm(gxa.t(), h[a:b])
