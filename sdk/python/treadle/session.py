@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CATEGORIES: dict[int, Category] = {1: "user", 2: "server"}
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+# what gRPC's core reports, as INTERNAL, when a message is written on a connection that has just
+# died: a local transport failure, not an error sent by the scheduler
+LOCAL_TRANSPORT_FAILURE = "Internal error from Core"
+
+
+def _transient(exc: grpc.aio.AioRpcError) -> bool:
+    """A lost connection (reconnect and resend) rather than an answer from the scheduler."""
+    code = exc.code()
+    return code in RETRYABLE or (
+        code == grpc.StatusCode.INTERNAL and (exc.details() or "") == LOCAL_TRANSPORT_FAILURE
+    )
+
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -184,7 +197,7 @@ class Connection:
                         )
                     )
                     return
-                if exc.code() not in RETRYABLE or failures > self.reconnect_attempts:
+                if not _transient(exc) or failures > self.reconnect_attempts:
                     self._fail_all(
                         RequestFailedError(exc.code().name, exc.details() or "", "server")
                     )
