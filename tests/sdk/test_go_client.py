@@ -192,6 +192,31 @@ def test_example_survives_cut_streams_and_runs_every_request_once(
     assert ran.get(("save_checkpoint", "OK")) == 1, ran
 
 
+def test_example_notices_a_silently_dead_connection_and_runs_every_request_once(
+    example: Path, mesh: LocalMesh
+) -> None:
+    """After step 2 the proxy keeps the connection open and drops every byte; keepalive (10 s,
+    5 s to answer) ends it, the session resumes on a new connection and nothing runs twice."""
+    before = trainer_ops(mesh)
+    with cuttable_proxy(mesh.endpoint) as proxy:
+
+        def freeze_after_step_2(line: str) -> None:
+            if line.startswith("step 2 loss"):
+                proxy.freeze()
+
+        done = run_example_acting(
+            example, proxy.address, mesh.api_key, freeze_after_step_2, "-keepalive", "10s"
+        )
+        connections = proxy.connections
+    after = trainer_ops(mesh)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert connections == 2
+    assert re.search(r"^reconnects 1$", done.stdout, re.M), done.stdout
+    ran = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    assert ran.get(("forward_backward", "OK")) == STEPS, ran
+    assert ran.get(("optim_step", "OK")) == STEPS, ran
+
+
 def test_a_stream_restored_to_a_scheduler_without_the_session_fails_aborted(
     example: Path, make_scheduler: SchedulerFactory
 ) -> None:

@@ -1,9 +1,11 @@
-"""The SDK survives a broken connection (reconnects, resumes its session, re-sends, and nothing
-runs twice) and keeps its session alive through a minute of CPU-bound user code."""
+"""The SDK survives a broken connection, cut or silently dead (reconnects, resumes its session,
+re-sends, and nothing runs twice) and keeps its session alive through a minute of CPU-bound user
+code."""
 
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -43,6 +45,31 @@ def test_cut_connection_reconnects_and_runs_everything_once(mesh: LocalMesh) -> 
                 c.forward(token_batch(seed=9)).result(timeout=60).loss_fn_outputs
                 for c in (cut, clean)
             ]
+    for a, b in zip(*after, strict=True):
+        np.testing.assert_allclose(a["logprobs"].to_numpy(), b["logprobs"].to_numpy(), atol=1e-6)
+
+
+def test_a_silently_dead_connection_is_noticed_and_restored(mesh: LocalMesh) -> None:
+    """The proxy keeps the connection open and drops every byte: no reset ever arrives, so only
+    keepalive (every 6 s, 2 s to answer) can tell; the session resumes on a new connection."""
+    with cuttable_proxy(mesh.endpoint) as proxy:
+        with treadle.ServiceClient(
+            base_url=proxy.address, api_key=mesh.api_key, keepalive_seconds=6, keepalive_timeout=2
+        ) as service:
+            session_id = service.session_id
+            frozen = service.create_lora_training_client(BASE_MODEL, rank=4, seed=3)
+            clean = service.create_lora_training_client(BASE_MODEL, rank=4, seed=3)
+            started = time.monotonic()
+            train(frozen, 4, cut=SimpleNamespace(cut=proxy.freeze))
+            restored_in = time.monotonic() - started
+            train(clean, 4)
+            assert proxy.connections == 2
+            assert service.session_id == session_id
+            after = [
+                c.forward(token_batch(seed=9)).result(timeout=60).loss_fn_outputs
+                for c in (frozen, clean)
+            ]
+    assert restored_in < 30, f"took {restored_in:.1f} s to notice and restore"
     for a, b in zip(*after, strict=True):
         np.testing.assert_allclose(a["logprobs"].to_numpy(), b["logprobs"].to_numpy(), atol=1e-6)
 

@@ -21,8 +21,10 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"treadle/sdk/go/treadlev1"
 )
@@ -52,16 +54,34 @@ func (k apiKey) GetRequestMetadata(ctx context.Context, uri ...string) (map[stri
 // RequireTransportSecurity is false: the mesh serves plaintext gRPC (TLS ends at a proxy).
 func (k apiKey) RequireTransportSecurity() bool { return false }
 
+// DialOption changes how Dial connects.
+type DialOption func(*keepalive.ClientParameters)
+
+// Keepalive sets how a connection that died silently (no reset: a lost route, a frozen peer)
+// is noticed: a ping after every `every` without a message from the scheduler (at least 10 s),
+// and the connection is closed if nothing arrives within `timeout` of it; its session stream
+// then reconnects on a fresh connection. Default: 20 s and 10 s.
+func Keepalive(every, timeout time.Duration) DialOption {
+	return func(p *keepalive.ClientParameters) { p.Time, p.Timeout = every, timeout }
+}
+
 // Dial connects to target ("host:port"; a grpc://, http:// or https:// prefix is ignored) and
 // checks the API key with GetCapabilities, so a wrong key or address fails here, plainly, as a
 // *RequestError (UNAUTHENTICATED, UNAVAILABLE, ...).
-func Dial(ctx context.Context, target, key string) (*Client, error) {
+func Dial(ctx context.Context, target, key string, options ...DialOption) (*Client, error) {
 	if key == "" {
 		return nil, invalid("api_key", "is empty")
+	}
+	alive := keepalive.ClientParameters{
+		Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true,
+	}
+	for _, option := range options {
+		option(&alive)
 	}
 	conn, err := grpc.DialContext(ctx, trimScheme(target),
 		grpc.WithInsecure(),
 		grpc.WithPerRPCCredentials(apiKey(key)),
+		grpc.WithKeepaliveParams(alive),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxMessageBytes),
 			grpc.MaxCallSendMsgSize(maxMessageBytes),

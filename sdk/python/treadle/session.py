@@ -2,7 +2,8 @@
 
 Calls from any thread put Submit messages on the stream and get a concurrent future back; the
 reader matches Results and Errors to futures by request id. A heartbeat goes out every few
-seconds from the background thread, so a training loop busy in its own code keeps its session.
+seconds from the background thread, so a training loop busy in its own code keeps its session,
+and keepalive pings notice a connection that died without a word.
 If the stream breaks, the connection reopens it with the same session id and re-sends every
 request still unanswered: training requests keep their (model_id, seq_id), which the scheduler
 treats as the same request, so a retry never runs twice.
@@ -65,10 +66,13 @@ class Connection:
         heartbeat_seconds: float = 5.0,
         reconnect_attempts: int = 20,
         connect_timeout: float = 30.0,
+        keepalive_seconds: float = 20.0,
+        keepalive_timeout: float = 10.0,
     ) -> None:
         self.target = target
         self.metadata = (("x-api-key", api_key),)
         self.heartbeat_seconds = heartbeat_seconds
+        self.keepalive = (keepalive_seconds, keepalive_timeout)
         self.reconnect_attempts = reconnect_attempts
         self.session_id = ""
         self._ids = itertools.count(1)
@@ -148,9 +152,19 @@ class Connection:
 
     # ------------------------------------------------------------------ loop side
     async def _start(self) -> None:
+        every, timeout = self.keepalive
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A connection that died silently (no reset: a dropped route, a frozen peer) is
+            # noticed within every + timeout: the stream fails UNAVAILABLE and reconnects on a
+            # fresh connection. Servers accept pings every 5 s or slower. gRPC core enforces the
+            # ping timeout; the keepalive timeout alone closes nothing.
+            ("grpc.keepalive_time_ms", int(every * 1000)),
+            ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         self._channel = grpc.aio.insecure_channel(self.target, options=options)
         stub = scheduler_pb2_grpc.TreadleStub(self._channel)

@@ -52,13 +52,32 @@ class ServerConfig:
 Setup = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
 
 
+MIN_PING_SECONDS = 5  # servers accept a client's pings this often; faster ones are refused
+
+
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     """Channel options of a server (message limits, keepalive tolerance)."""
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_SECONDS * 1000),
+    ]
+
+
+def keepalive_options(every_seconds: float) -> list[tuple[str, int]]:
+    """Client channel options that notice a peer gone silently (no reset: a lost node, a dropped
+    route) within 1.5 x `every_seconds`: a ping goes out every `every_seconds` (at least
+    MIN_PING_SECONDS), and a connection whose ping stays unanswered for half of that is closed,
+    failing its calls with UNAVAILABLE. gRPC core enforces the ping timeout; the keepalive
+    timeout alone closes nothing."""
+    timeout = int(every_seconds * 500)
+    return [
+        ("grpc.keepalive_time_ms", int(every_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout),
+        ("grpc.http2.ping_timeout_ms", timeout),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from treadle_runtime.server import ServerConfig
+from treadle_runtime.server import MIN_PING_SECONDS, ServerConfig
 
 
 @dataclass
@@ -46,6 +46,13 @@ class SchedulerConfig(ServerConfig):
     trainer_retry_seconds: float = field(
         default=2.0, metadata={"help": "interval between reconnects to a lost trainer"}
     )
+    peer_keepalive_seconds: float = field(
+        default=20.0,
+        metadata={
+            "help": "ping trainers and samplers this often; one silent for half as long again "
+            "is lost (>= 5)"
+        },
+    )
 
     def validate(self) -> None:
         """Refuse configurations the scheduler cannot run with."""
@@ -58,6 +65,11 @@ class SchedulerConfig(ServerConfig):
             raise ValueError("cycle_token_budget: must be > 0")
         if self.sampler_refresh_seconds <= 0:
             raise ValueError("sampler_refresh_seconds: must be > 0")
+        if self.peer_keepalive_seconds < MIN_PING_SECONDS:
+            raise ValueError(
+                f"peer_keepalive_seconds: must be >= {MIN_PING_SECONDS} (servers refuse faster "
+                f"pings), got {self.peer_keepalive_seconds}"
+            )
 
     def addresses(self, name: str) -> list[str]:
         """The comma-separated addresses of config field `name` as a list."""

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import socket
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -31,8 +31,9 @@ WARM_KEPT = 64  # adapter paths remembered per sampler
 class SamplerLink:
     """One sampler replica."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, channel_options: Sequence[tuple[str, int]] = ()) -> None:
         self.address = address
+        self.channel_options = list(channel_options)
         self.models: set[str] = set()
         self.in_flight = 0
         self.warm: OrderedDict[str, None] = OrderedDict()
@@ -42,7 +43,7 @@ class SamplerLink:
     async def refresh(self) -> bool:
         """Learn (again) which models the sampler serves; False if it cannot be reached."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = grpc.aio.insecure_channel(self.address, self.channel_options)
             self.stub = sampler_pb2_grpc.SamplerStub(self._channel)
         assert self.stub is not None
         try:
@@ -89,11 +90,18 @@ def _is_ip(host: str) -> bool:
 class SamplerPool:
     """All sampler replicas, found from the configured addresses."""
 
-    def __init__(self, addresses: list[str], resolve: Resolver = resolve_replicas) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        resolve: Resolver = resolve_replicas,
+        *,
+        channel_options: Sequence[tuple[str, int]] = (),
+    ) -> None:
         self.targets = addresses
         self.resolve = resolve
+        self.channel_options = list(channel_options)
         self.found: dict[str, list[str]] = {a: [a] for a in addresses}  # target -> replicas
-        self.links = [SamplerLink(a) for a in addresses]
+        self.links = [SamplerLink(a, self.channel_options) for a in addresses]
 
     async def discover(self) -> None:
         """Resolve the named targets again; add links for new replicas, close vanished ones."""
@@ -108,7 +116,9 @@ class SamplerPool:
         wanted = list(dict.fromkeys(a for t in self.targets for a in self.found[t]))
         known = {link.address: link for link in self.links}
         gone = [link for address, link in known.items() if address not in wanted]
-        self.links = [known.get(address) or SamplerLink(address) for address in wanted]
+        self.links = [
+            known.get(address) or SamplerLink(address, self.channel_options) for address in wanted
+        ]
         await asyncio.gather(*(link.close() for link in gone))
 
     async def refresh(self) -> None:

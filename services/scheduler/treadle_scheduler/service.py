@@ -30,6 +30,7 @@ from treadle.v1 import (
 )
 from treadle_runtime.auth import ApiKeys
 from treadle_runtime.errors import OpError, error_detail, invalid, status_code
+from treadle_runtime.server import keepalive_options
 from treadle_scheduler.config import SchedulerConfig
 from treadle_scheduler.models import ModelRecord, Request, op_tokens, submit_digest
 from treadle_scheduler.quotas import Limits, Quotas
@@ -83,10 +84,14 @@ class TreadleService(scheduler_pb2_grpc.TreadleServicer):
                 min_cycle_seconds=config.min_cycle_seconds,
                 retry_seconds=config.trainer_retry_seconds,
                 on_lost=self._trainer_lost,
+                channel_options=keepalive_options(config.peer_keepalive_seconds),
             )
             for address in config.addresses("trainers")
         ]
-        self.samplers = SamplerPool(config.addresses("samplers"))
+        self.samplers = SamplerPool(
+            config.addresses("samplers"),
+            channel_options=keepalive_options(config.peer_keepalive_seconds),
+        )
         self._checkpoints_channel: grpc.aio.Channel | None = None
         self.checkpoints: checkpoints_pb2_grpc.CheckpointsAsyncStub | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -96,8 +96,10 @@ class TrainerLink:
         min_cycle_seconds: float,
         retry_seconds: float,
         on_lost: Callable[[TrainerLink], None],
+        channel_options: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.address = address
+        self.channel_options = list(channel_options)  # e.g. keepalive: a silent trainer is lost
         self.token_budget = token_budget
         self.min_cycle_seconds = min_cycle_seconds
         self.retry_seconds = retry_seconds
@@ -166,7 +168,7 @@ class TrainerLink:
             await asyncio.sleep(self.retry_seconds)
 
     async def _connect_and_run(self) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with grpc.aio.insecure_channel(self.address, self.channel_options) as channel:
             stub: trainer_pb2_grpc.TrainerAsyncStub = trainer_pb2_grpc.TrainerStub(channel)
             info = await stub.GetTrainerInfo(trainer_pb2.GetTrainerInfoRequest(), timeout=10)
             self.spec = info.model

@@ -35,6 +35,8 @@ func main() {
 	attempts := flag.Int("reconnect-attempts", 20, "tries at restoring a lost session stream")
 	within := flag.Duration("reconnect-within", 0,
 		"time allowed to restore a lost session stream (0: the session idle timeout)")
+	alive := flag.Duration("keepalive", 20*time.Second,
+		"ping a silent connection this often; one unanswered for half as long is lost")
 	flag.Parse()
 
 	options := []client.SessionOption{client.ReconnectAttempts(*attempts)}
@@ -42,8 +44,9 @@ func main() {
 		options = append(options, client.ReconnectWithin(*within))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	dial := client.Keepalive(*alive, *alive/2)
 	err := run(ctx, *endpoint, *apiKey, *baseModel, *steps, *rank, *learningRate, *maxTokens,
-		options)
+		dial, options)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "treadle-example:", err)
@@ -63,9 +66,10 @@ type step struct{ forwardBackward, optimStep *client.Future }
 
 func run(
 	ctx context.Context, endpoint, apiKey, baseModel string,
-	steps, rank int, learningRate float64, maxTokens int, options []client.SessionOption,
+	steps, rank int, learningRate float64, maxTokens int,
+	dial client.DialOption, options []client.SessionOption,
 ) error {
-	c, err := client.Dial(ctx, endpoint, apiKey)
+	c, err := client.Dial(ctx, endpoint, apiKey, dial)
 	if err != nil {
 		return err
 	}
