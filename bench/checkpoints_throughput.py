@@ -4,7 +4,10 @@ For adapters of 1, 10 and 100 MB, against one SeaweedFS on loopback:
 - treadle: CheckpointClient.put / .get (what trainer and sampler call) to a checkpoints process:
   chunked gRPC stream -> service (sha256 of every byte, multipart upload, manifest) -> S3, and
   back with the sha256 verified;
-- plain: the `minio` client's put_object / get_object of the same bytes, in this process.
+- plain: the `minio` client's put_object / get_object of the same bytes, in this process;
+- bare hop: the same client's Get from a process that streams the bytes from memory (no S3, no
+  sha256): what the gRPC hop between two processes alone costs, the floor of any load through
+  the service.
 Each cell is the median of several runs, measured alternately in the same run. Target: treadle
 throughput >= 0.8x the plain client's.
 """
@@ -20,16 +23,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 from local_mesh import write_results
 from minio import Minio
 
-from treadle.v1 import common_pb2
+from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_runtime.checkpoint_client import CheckpointClient
 from treadle_runtime.launcher import free_port, wait_healthy
 from treadle_runtime.seaweed import S3Server, start_s3_server
+from treadle_runtime.server import ServerConfig, serve
 
 MB = 1_000_000
 TENANT = "bench"
@@ -57,6 +62,45 @@ def _checkpoints_process(s3: S3Server, data_dir: Path) -> tuple[str, subprocess.
     return f"127.0.0.1:{port}", process
 
 
+class _BareHop(checkpoints_pb2_grpc.CheckpointsServicer):
+    """Checkpoints.Get streaming `int(request.path)` bytes from memory in the service's chunks."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.data = b""
+
+    async def Get(
+        self, request: checkpoints_pb2.GetCheckpointRequest, context: object
+    ) -> AsyncIterator[checkpoints_pb2.GetCheckpointResponse]:
+        size = int(request.path)
+        if len(self.data) != size:
+            self.data = os.urandom(size)
+        view = memoryview(self.data)
+        yield checkpoints_pb2.GetCheckpointResponse(info=common_pb2.CheckpointInfo(path="bare"))
+        for start in range(0, size, self.chunk_bytes):
+            piece = view[start : start + self.chunk_bytes].tobytes()
+            last = start + self.chunk_bytes >= size
+            chunk = checkpoints_pb2.FileChunk(file_name=FILE, data=piece, last=last)
+            yield checkpoints_pb2.GetCheckpointResponse(chunk=chunk)
+
+
+def _serve_bare_hop(port: int) -> None:
+    async def setup(server: grpc.aio.Server) -> list[str]:
+        checkpoints_pb2_grpc.add_CheckpointsServicer_to_server(_BareHop(1 << 20), server)
+        return ["treadle.v1.Checkpoints"]
+
+    asyncio.run(serve(ServerConfig(port=port, log_level="warning"), "bare-hop", setup))
+
+
+def _bare_hop_process(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    command = [sys.executable, __file__, "--serve-bare-hop", str(port)]
+    log = open(data_dir / "bare-hop.log", "ab")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    wait_healthy(f"127.0.0.1:{port}", 60, process)
+    return f"127.0.0.1:{port}", process
+
+
 def _plain_get(plain: Minio, key: str) -> int:
     response = plain.get_object(PLAIN_BUCKET, key)
     try:
@@ -67,7 +111,12 @@ def _plain_get(plain: Minio, key: str) -> int:
 
 
 def _cell(
-    client: CheckpointClient, loop: asyncio.AbstractEventLoop, plain: Minio, size: int, repeats: int
+    client: CheckpointClient,
+    bare: CheckpointClient,
+    loop: asyncio.AbstractEventLoop,
+    plain: Minio,
+    size: int,
+    repeats: int,
 ) -> dict[str, float]:
     """Median MB/s of the four transfers of one size, each run saving under a fresh name."""
     data = os.urandom(size * MB)
@@ -83,6 +132,7 @@ def _cell(
             ),
             "load": _seconds(loop.run_until_complete, client.get(TENANT, path)),
             "plain_get": _seconds(_plain_get, plain, name),
+            "bare_hop": _seconds(loop.run_until_complete, bare.get(TENANT, str(size * MB))),
         }
         for key, value in timings.items():
             if run:
@@ -96,13 +146,14 @@ def measure(sizes_mb: list[int], repeats: dict[int, int]) -> list[dict[str, floa
     with tempfile.TemporaryDirectory(prefix="treadle-bench-ckpt-") as scratch:
         s3 = start_s3_server(Path(scratch) / "s3")
         address, process = _checkpoints_process(s3, Path(scratch))
+        bare_address, bare_process = _bare_hop_process(Path(scratch))
         plain = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False)
         plain.make_bucket(PLAIN_BUCKET)
-        client = CheckpointClient(address)
+        client, bare = CheckpointClient(address), CheckpointClient(bare_address)
         loop = asyncio.new_event_loop()
         try:
             for size in sizes_mb:
-                mbps = _cell(client, loop, plain, size, repeats[size])
+                mbps = _cell(client, bare, loop, plain, size, repeats[size])
                 rows.append(
                     {
                         "size_mb": size,
@@ -112,13 +163,17 @@ def measure(sizes_mb: list[int], repeats: dict[int, int]) -> list[dict[str, floa
                         "load_mb_s": mbps["load"],
                         "plain_get_mb_s": mbps["plain_get"],
                         "load_ratio": mbps["load"] / mbps["plain_get"],
+                        "bare_hop_mb_s": mbps["bare_hop"],
+                        "bare_hop_ratio": mbps["bare_hop"] / mbps["plain_get"],
                     }
                 )
         finally:
             loop.run_until_complete(client.close())
+            loop.run_until_complete(bare.close())
             loop.close()
-            process.terminate()
-            process.wait(timeout=30)
+            for running in (process, bare_process):
+                running.terminate()
+                running.wait(timeout=30)
             s3.stop()
     return rows
 
@@ -127,12 +182,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,10,100", help="adapter sizes in MB")
     parser.add_argument("--repeats", type=int, default=5, help="runs per cell (100 MB: 3)")
+    parser.add_argument("--serve-bare-hop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_bare_hop:
+        _serve_bare_hop(args.serve_bare_hop)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = measure(sizes, {s: (3 if s >= 100 else args.repeats) for s in sizes})
     header = (
         f"{'size':>6} | {'save MB/s':>9} {'plain put':>9} {'ratio':>6} | "
-        f"{'load MB/s':>9} {'plain get':>9} {'ratio':>6}"
+        f"{'load MB/s':>9} {'plain get':>9} {'ratio':>6} | {'bare hop':>8} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -140,7 +199,7 @@ def main() -> None:
         print(
             f"{r['size_mb']:>4}MB | {r['save_mb_s']:>9.0f} {r['plain_put_mb_s']:>9.0f} "
             f"{r['save_ratio']:>5.2f}x | {r['load_mb_s']:>9.0f} {r['plain_get_mb_s']:>9.0f} "
-            f"{r['load_ratio']:>5.2f}x"
+            f"{r['load_ratio']:>5.2f}x | {r['bare_hop_mb_s']:>8.0f} {r['bare_hop_ratio']:>5.2f}x"
         )
     target = all(r["save_ratio"] >= 0.8 and r["load_ratio"] >= 0.8 for r in rows)
     print(f"target >= 0.8x of the plain client everywhere: {'met' if target else 'MISSED'}")

@@ -15,6 +15,7 @@ from fixtures.s3 import S3Server
 from treadle.paths import parse_path
 from treadle.v1 import common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
+from treadle_checkpoints.service import _piece_bytes
 from treadle_runtime.checkpoint_client import CheckpointClient
 from treadle_runtime.errors import OpError
 
@@ -98,3 +99,16 @@ def test_files_far_larger_than_the_message_limit_pass_in_chunks(
             lambda: put(small.stub, tenant, "treadle://run-big/weights/x", big, chunk_bytes=6 << 20)
         )
     assert one_message.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    ("size", "configured", "piece"),
+    [
+        (100 << 20, 1 << 20, 1 << 20),  # large files: the configured chunk
+        (1_000_000, 1 << 20, 250_000),  # small ones: a quarter each
+        (10_000, 1 << 20, 64 << 10),  # tiny ones: one piece of 64 KiB
+        (10_000, 4096, 4096),  # never over the configured chunk
+    ],
+)
+def test_small_files_are_sent_in_a_few_pieces(size: int, configured: int, piece: int) -> None:
+    assert _piece_bytes(size, configured) == piece
