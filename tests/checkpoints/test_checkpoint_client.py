@@ -15,8 +15,7 @@ from fixtures.s3 import S3Server
 from treadle.paths import parse_path
 from treadle.v1 import common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
-from treadle_checkpoints.service import _piece_bytes
-from treadle_runtime.checkpoint_client import CheckpointClient
+from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
 from treadle_runtime.errors import OpError
 
 FILES = {"adapter_model.safetensors": os.urandom(3_000_000), "adapter_config.json": b"{}"}
@@ -111,4 +110,4 @@ def test_files_far_larger_than_the_message_limit_pass_in_chunks(
     ],
 )
 def test_small_files_are_sent_in_a_few_pieces(size: int, configured: int, piece: int) -> None:
-    assert _piece_bytes(size, configured) == piece
+    assert piece_bytes(size, configured) == piece

@@ -27,6 +27,7 @@ from treadle_checkpoints.config import CheckpointsConfig
 from treadle_checkpoints.manifest import FileEntry, Manifest, checkpoint_digest
 from treadle_checkpoints.receive import discard, receive_files, stop_when_refused
 from treadle_checkpoints.s3_store import ObjectMissing, S3Store
+from treadle_runtime.checkpoint_client import piece_bytes
 from treadle_runtime.errors import OpError, invalid
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,6 @@ def _ttl(request: Any) -> float | None:
     if request.ttl_seconds < 0:
         raise invalid("ttl_seconds", f"must be >= 0, got {request.ttl_seconds}")
     return float(request.ttl_seconds)
-
-
-def _piece_bytes(size: int, chunk_bytes: int) -> int:
-    """Chunk size for sending a file of `size` bytes: a quarter of the file, at least 64 KiB and at
-    most `chunk_bytes`. A small file in a few pieces arrives sooner than in one message, which
-    HTTP/2 flow control holds until its window has grown (a 1 MB file: 4 ms instead of 7 here)."""
-    return max(min(chunk_bytes, size // 4), min(chunk_bytes, 64 << 10))
 
 
 class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
@@ -242,7 +236,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         digest, size, held = hashlib.sha256(), 0, None
         try:
             stream = self.store.stream(
-                key, _piece_bytes(entry.size, self.config.chunk_bytes), digest
+                key, piece_bytes(entry.size, self.config.chunk_bytes), digest
             )
             async with aclosing(stream) as pieces:
                 async for piece in pieces:
