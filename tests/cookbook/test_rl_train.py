@@ -117,6 +117,8 @@ def test_sync_run_excludes_failing_rollouts_and_keeps_training(
     assert (tmp_path / "metrics.png").stat().st_size > 0
     assert result.state_path.endswith("/weights/final")
     assert result.sampler_path.endswith("/sampler_weights/final")
+    # the last weights are saved once: the final evaluation sampled the named checkpoint
+    assert result.sampling_client.model_path == result.sampler_path
 
 
 def test_stream_minibatch_trains_each_minibatch_as_it_lands(
@@ -154,7 +156,8 @@ def test_async_requeues_stale_groups_and_keeps_the_batch_size(
         loss_fn="ppo",
         async_config=AsyncConfig(max_steps_off_policy=1, groups_per_batch=2),
     )
-    asyncio.run(train(config, training, dataset))
+    result = asyncio.run(train(config, training, dataset))
+    assert result.sampling_client.model_path == result.sampler_path  # saved once, named
 
     steps = _metrics(tmp_path)[:-1]
     assert len(steps) == 4

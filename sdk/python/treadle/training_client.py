@@ -227,12 +227,14 @@ class TrainingClient:
         return self.service.create_sampling_client(model_path=path, base_model=self.base_model)
 
     async def save_weights_and_get_sampling_client_async(
-        self, name: str | None = None
+        self, name: str | None = None, renderer_name: str | None = None
     ) -> SamplingClient:
         """Async twin of save_weights_and_get_sampling_client."""
         import asyncio
 
-        return await asyncio.to_thread(self.save_weights_and_get_sampling_client, name)
+        return await asyncio.to_thread(
+            self.save_weights_and_get_sampling_client, name, renderer_name
+        )
 
     def _load(self, path: str, optimizer: bool) -> APIFuture[LoadWeightsResponse]:
         request = common_pb2.LoadStateRequest(path=path, load_optimizer=optimizer)

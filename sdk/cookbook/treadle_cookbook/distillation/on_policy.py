@@ -156,7 +156,7 @@ async def train_on_policy(
             )
             metrics.update(optim_metrics)
             metrics.update(compute_kl_sample_train(data_D, logprobs_D))
-            sampling_client = await run.new_sampling_client()
+            sampling_client = await run.new_sampling_client(last=step + 1 == steps)
         metrics["time/step"] = time.monotonic() - started
         run.log.log(step, **metrics)
     return await run.finish(sampling_client)

@@ -90,7 +90,8 @@ async def do_async_training(
             train_metrics = await run.train(groups)
             run.report_errors(step, groups)
             if train_metrics.get("trained"):
-                current = PolicyVersion(await run.new_sampling_client(), step + 1)
+                latest = await run.new_sampling_client(last=step + 1 == steps)
+                current = PolicyVersion(latest, step + 1)
             staleness = [step - s.sampling_step for s in batch]
             metrics.update(compute_trajectory_metrics(groups))
             metrics.update(train_metrics)

@@ -158,6 +158,7 @@ class Run:
             )
         self.log = RunLog(config.log_dir, total_steps + 1, description="rl")
         self.initial_metrics: dict[str, float] = {}
+        self.final_sampler_path = ""  # set once the last weights are saved for sampling
 
     def policy(self, sampling_client: SamplingClient) -> TreadleTokenCompleter:
         """The token policy sampling `sampling_client` with the run's settings."""
@@ -165,9 +166,16 @@ class Run:
             sampling_client, self.config.max_tokens, self.config.temperature
         )
 
-    async def new_sampling_client(self) -> SamplingClient:
-        """Save the current weights for sampling; a client bound to them."""
-        return await self.training_client.save_weights_and_get_sampling_client_async()
+    async def new_sampling_client(self, *, last: bool = False) -> SamplingClient:
+        """Save the current weights for sampling; a client bound to them. After the last step
+        they are saved once, as the named final sampler checkpoint when the run keeps one."""
+        name = self.config.final_checkpoint if last else None
+        client = await self.training_client.save_weights_and_get_sampling_client_async(
+            name, self.config.renderer_name if name else None
+        )
+        if name:
+            self.final_sampler_path = client.model_path
+        return client
 
     async def step_extras(self, step: int, sampling_client: SamplingClient) -> dict[str, float]:
         """Evaluations and checkpoints due at the start of `step`."""
@@ -213,8 +221,11 @@ class Run:
         if self.config.final_checkpoint:
             name, renderer = self.config.final_checkpoint, self.config.renderer_name
             state = self.training_client.save_state(name, None, renderer)
-            sampler = self.training_client.save_weights_for_sampler(name, None, renderer)
-            result.state_path, result.sampler_path = (await state).path, (await sampler).path
+            result.sampler_path = self.final_sampler_path
+            if not result.sampler_path:  # the last step trained nothing: the weights of before
+                sampler = self.training_client.save_weights_for_sampler(name, None, renderer)
+                result.sampler_path = (await sampler).path
+            result.state_path = (await state).path
             self.log.note(f"checkpoints: {result.state_path} {result.sampler_path}")
         self.log.log(self.total_steps, **metrics)
         self.log.close()
@@ -252,7 +263,7 @@ async def train(
             train_metrics["time/sample"] = sampled - started
         run.report_errors(step, groups)
         if train_metrics.get("trained"):
-            sampling_client = await run.new_sampling_client()
+            sampling_client = await run.new_sampling_client(last=step + 1 == steps)
         metrics.update(compute_trajectory_metrics(groups))
         metrics.update(train_metrics)
         metrics["time/step"] = time.monotonic() - started
