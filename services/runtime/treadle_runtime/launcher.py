@@ -2,17 +2,16 @@
 scheduler), each started once its dependencies answer health checks, and all stopped together.
 
 Every service runs as `python -m treadle_<service>` with its flags, logs to
-`<data_dir>/logs/<service>.log`, and dies with the launcher (PR_SET_PDEATHSIG), so an interrupted
-launcher leaves no orphans. `LocalMesh` is also what the demo and the end-to-end tests use.
+`<data_dir>/logs/<service>.log`, and dies with the launcher (PR_SET_PDEATHSIG, set by the service
+itself: lifetime.py), so an interrupted launcher leaves no orphans. `LocalMesh` is also what the
+demo and the end-to-end tests use.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,9 +23,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from treadle_runtime.auth import parse_api_keys
+from treadle_runtime.lifetime import LAUNCHER_PID
 from treadle_runtime.seaweed import S3Server, start_s3_server
-
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -111,7 +109,12 @@ def wait_healthy(
 
 
 def _launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        LAUNCHER_PID: str(os.getpid()),  # the service dies with this process (lifetime.py)
+    }
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             command,
@@ -119,15 +122,7 @@ def _launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent,
         )
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: rely on the launcher's own shutdown
-        pass
 
 
 @dataclass

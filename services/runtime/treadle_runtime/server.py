@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from treadle_runtime.lifetime import die_with_launcher
 from treadle_runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def run_server(
     **kwargs: object,
 ) -> None:
     """Process entry point: logging, then `serve` on a fresh event loop."""
+    die_with_launcher()
     setup_logging(service, config.log_level)
     log.info("config", extra={k: str(v) for k, v in _public_fields(config).items()})
     try:
