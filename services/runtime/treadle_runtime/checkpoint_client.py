@@ -20,7 +20,7 @@ import grpc
 
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_runtime.errors import OpError
-from treadle_runtime.server import MAX_MESSAGE_BYTES
+from treadle_runtime.server import channel_options
 
 
 def piece_bytes(size: int, chunk_bytes: int) -> int:
@@ -34,11 +34,14 @@ def piece_bytes(size: int, chunk_bytes: int) -> int:
 class CheckpointClient:
     """Put and Get checkpoints on the Checkpoints service at `address` ("host:port")."""
 
-    def __init__(self, address: str, *, chunk_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, address: str, *, chunk_bytes: int = 1 << 20, keepalive_seconds: float = 20.0
+    ) -> None:
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes: must be > 0, got {chunk_bytes}")
         self.address = address
         self.chunk_bytes = chunk_bytes
+        self.keepalive_seconds = keepalive_seconds
         self._channel: grpc.aio.Channel | None = None
         self._stub: checkpoints_pb2_grpc.CheckpointsAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -48,10 +51,7 @@ class CheckpointClient:
         if self._stub is None or self._loop is not loop:
             self._channel = grpc.aio.insecure_channel(
                 self.address,
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ],
+                options=channel_options(self.keepalive_seconds),  # a silent service fails calls
             )
             self._stub = checkpoints_pb2_grpc.CheckpointsStub(self._channel)
             self._loop = loop

@@ -66,6 +66,18 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+def channel_options(
+    keepalive_seconds: float, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[str, int]]:
+    """Options of a channel from one service to another: the services' message limit both ways
+    (gRPC clients otherwise refuse replies over 4 MiB) and keepalive_options."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        *keepalive_options(keepalive_seconds),
+    ]
+
+
 def keepalive_options(every_seconds: float) -> list[tuple[str, int]]:
     """Client channel options that notice a peer gone silently (no reset: a lost node, a dropped
     route) within 1.5 x `every_seconds`: a ping goes out every `every_seconds` (at least

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -120,6 +121,16 @@ class ModelRecord:
         for request in stale:
             del self.held[request.seq_id]
         return stale
+
+
+def owned_model(models: Mapping[str, ModelRecord], tenant: str, model_id: str) -> ModelRecord:
+    """The model `model_id` of `tenant`; another tenant's model is NOT_FOUND, like a missing one."""
+    model = models.get(model_id)
+    if model is None or model.tenant != tenant:
+        raise OpError(
+            grpc.StatusCode.NOT_FOUND, f"model_id: unknown model {model_id!r}", "model_id"
+        )
+    return model
 
 
 def datum_tokens(datum: common_pb2.Datum) -> int:

@@ -99,7 +99,7 @@ class TrainerLink:
         channel_options: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.address = address
-        self.channel_options = list(channel_options)  # e.g. keepalive: a silent trainer is lost
+        self.channel_options = list(channel_options)  # message limits, keepalive
         self.token_budget = token_budget
         self.min_cycle_seconds = min_cycle_seconds
         self.retry_seconds = retry_seconds
