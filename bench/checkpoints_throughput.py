@@ -31,7 +31,7 @@ from local_mesh import write_results
 from minio import Minio
 
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
-from treadle_runtime.checkpoint_client import CheckpointClient
+from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
 from treadle_runtime.launcher import free_port, wait_healthy
 from treadle_runtime.seaweed import S3Server, start_s3_server
 from treadle_runtime.server import ServerConfig, serve
@@ -63,7 +63,7 @@ def _checkpoints_process(s3: S3Server, data_dir: Path) -> tuple[str, subprocess.
 
 
 class _BareHop(checkpoints_pb2_grpc.CheckpointsServicer):
-    """Checkpoints.Get streaming `int(request.path)` bytes from memory in the service's chunks."""
+    """Checkpoints.Get streaming `int(request.path)` bytes from memory in the service's pieces."""
 
     def __init__(self, chunk_bytes: int) -> None:
         self.chunk_bytes = chunk_bytes
@@ -77,9 +77,10 @@ class _BareHop(checkpoints_pb2_grpc.CheckpointsServicer):
             self.data = os.urandom(size)
         view = memoryview(self.data)
         yield checkpoints_pb2.GetCheckpointResponse(info=common_pb2.CheckpointInfo(path="bare"))
-        for start in range(0, size, self.chunk_bytes):
-            piece = view[start : start + self.chunk_bytes].tobytes()
-            last = start + self.chunk_bytes >= size
+        step = piece_bytes(size, self.chunk_bytes)  # as the service sends a file
+        for start in range(0, size, step):
+            piece = view[start : start + step].tobytes()
+            last = start + step >= size
             chunk = checkpoints_pb2.FileChunk(file_name=FILE, data=piece, last=last)
             yield checkpoints_pb2.GetCheckpointResponse(chunk=chunk)
 
@@ -118,7 +119,7 @@ def _cell(
     size: int,
     repeats: int,
 ) -> dict[str, float]:
-    """Median MB/s of the four transfers of one size, each run saving under a fresh name."""
+    """Median MB/s of the five transfers of one size, each run saving under a fresh name."""
     data = os.urandom(size * MB)
     seconds: dict[str, list[float]] = {}
     for run in range(repeats + 1):  # run 0 warms connections and caches
@@ -141,7 +142,7 @@ def _cell(
 
 
 def measure(sizes_mb: list[int], repeats: dict[int, int]) -> list[dict[str, float]]:
-    """Rows of {size_mb, save/load MB/s of treadle and plain, ratios}."""
+    """Rows of {size_mb, save/load MB/s of treadle and plain, bare-hop MB/s, ratios}."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="treadle-bench-ckpt-") as scratch:
         s3 = start_s3_server(Path(scratch) / "s3")

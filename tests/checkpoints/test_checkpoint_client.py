@@ -10,7 +10,15 @@ import grpc
 import pytest
 from minio import Minio
 
-from checkpoints.conftest import BUCKET, Served, checkpoints_server, put, rpc_error, s3_config
+from checkpoints.conftest import (
+    BUCKET,
+    Served,
+    checkpoints_server,
+    get,
+    put,
+    rpc_error,
+    s3_config,
+)
 from fixtures.s3 import S3Server
 from treadle.paths import parse_path
 from treadle.v1 import common_pb2
@@ -98,6 +106,16 @@ def test_files_far_larger_than_the_message_limit_pass_in_chunks(
             lambda: put(small.stub, tenant, "treadle://run-big/weights/x", big, chunk_bytes=6 << 20)
         )
     assert one_message.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_small_file_comes_back_in_a_few_pieces(served: Served, tenant: str) -> None:
+    """The service sends a 1 MB file as four messages (they arrive sooner than one 1 MB message
+    held back by HTTP/2 flow control) and a 6 MB one in whole 1 MiB chunks."""
+    for size, messages in ((1_000_000, 4), (6_000_000, 6)):
+        files = {"a.bin": os.urandom(size)}
+        put(served.stub, tenant, f"treadle://run-p/weights/s{size}", files)
+        _, got, sent = get(served.stub, tenant, f"treadle://run-p/weights/s{size}")
+        assert got == files and sent == messages
 
 
 @pytest.mark.parametrize(

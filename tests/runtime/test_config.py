@@ -10,7 +10,6 @@ import pytest
 
 from treadle_runtime.config import ConfigError, load_config
 from treadle_runtime.server import ServerConfig
-from treadle_scheduler.config import SchedulerConfig
 
 
 @dataclass
@@ -62,11 +61,3 @@ def test_service_with_bad_flag_exits_with_one_line(module: str) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "--port" in lines[0] and "Traceback" not in done.stderr
-
-
-def test_scheduler_refuses_a_peer_keepalive_its_peers_would_refuse() -> None:
-    argv = ["--trainers", "127.0.0.1:1", "--peer-keepalive-seconds", "2"]
-    with pytest.raises(ConfigError, match=r"peer_keepalive_seconds: must be >= 5"):
-        load_config(SchedulerConfig, argv, {}, service="scheduler")
-    ok = load_config(SchedulerConfig, argv[:2], {}, service="scheduler")
-    assert ok.peer_keepalive_seconds == 20.0

@@ -1,5 +1,6 @@
-"""A trainer killed mid-run: its futures fail UNAVAILABLE with a way out, other base models'
-tenants carry on, and a restarted trainer takes new models."""
+"""A trainer killed mid-run, or gone silent mid-cycle: its futures fail UNAVAILABLE with a way
+out, other base models' tenants carry on, and a restarted (or reachable again) trainer takes new
+models."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 import treadle
 from fixtures.data import token_batch
 from fixtures.mesh import extra_mesh
+from fixtures.proxy import cuttable_proxy
+from fixtures.scheduler import scheduler, wait_for_trainers
 from treadle import types
 from treadle_runtime.launcher import LocalMesh
 
-from .conftest import assert_failed_with_lost_trainer
+from .conftest import TINY, assert_failed_with_lost_trainer
 
 LLAMA, QWEN = "treadle/tiny-llama", "treadle/tiny-qwen2"
 
@@ -62,3 +65,25 @@ def test_killed_trainer_fails_its_futures_and_comes_back(
             )
             fresh = mine.create_lora_training_client(LLAMA, rank=4)
             assert fresh.forward_backward(data).result(timeout=30).metrics["loss:sum"] > 0
+
+
+def test_a_trainer_gone_silent_mid_cycle_is_lost_and_its_requests_fail(mesh: LocalMesh) -> None:
+    """The trainer's connection stays open and drops every byte (a node lost without a reset):
+    keepalive (every 6 s, 3 s to answer) notices, the in-flight requests fail with UNAVAILABLE
+    instead of hanging, and the link reconnects to the trainer for new models."""
+    trainer = next(s for s in mesh.services if s.name.startswith("trainer"))
+    with cuttable_proxy(trainer.address) as proxy:
+        with scheduler(mesh, trainers=proxy.address, peer_keepalive_seconds=6) as address:
+            with treadle.ServiceClient(base_url=address, api_key="tml-team-a") as service:
+                model = service.create_lora_training_client(TINY, rank=4)
+                data = token_batch(datums=2, length=32)
+                assert model.forward_backward(data).result(timeout=60).metrics["loss:sum"] > 0
+                doomed = [model.forward_backward(data) for _ in range(20)]
+                proxy.freeze()
+                started = time.monotonic()
+                assert_failed_with_lost_trainer(doomed, timeout=30)
+                assert time.monotonic() - started < 20
+                wait_for_trainers(address)  # the link reconnects (a fresh connection)
+                again = service.create_lora_training_client(TINY, rank=4)
+                assert again.forward_backward(data).result(timeout=60).metrics["loss:sum"] > 0
+                assert proxy.connections >= 2

@@ -63,7 +63,7 @@ def test_a_silently_dead_connection_is_noticed_and_restored(mesh: LocalMesh) -> 
             train(frozen, 4, cut=SimpleNamespace(cut=proxy.freeze))
             restored_in = time.monotonic() - started
             train(clean, 4)
-            assert proxy.connections == 2
+            assert proxy.connections >= 2
             assert service.session_id == session_id
             after = [
                 c.forward(token_batch(seed=9)).result(timeout=60).loss_fn_outputs

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+import treadle
 from treadle import types, wire
 from treadle.errors import ValidationError
 
@@ -86,3 +88,19 @@ def test_the_sdk_imports_no_torch() -> None:
     code = "import sys, treadle, treadle.types, treadle.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"keepalive_seconds": 2}, "keepalive_seconds"),
+        ({"keepalive_timeout": 0}, "keepalive_timeout"),
+    ],
+)
+def test_keepalive_the_scheduler_would_refuse_is_caught_before_connecting(
+    settings: dict[str, float], field: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(treadle.ValidationError, match=f"^{field}: must be"):
+        treadle.ServiceClient(base_url="127.0.0.1:9", api_key="tml-any", **settings)
+    assert time.monotonic() - started < 1  # refused at once, nothing was dialled

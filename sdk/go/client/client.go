@@ -55,14 +55,19 @@ func (k apiKey) GetRequestMetadata(ctx context.Context, uri ...string) (map[stri
 func (k apiKey) RequireTransportSecurity() bool { return false }
 
 // DialOption changes how Dial connects.
-type DialOption func(*keepalive.ClientParameters)
+type DialOption func(*dialConfig)
+
+type dialConfig struct {
+	keepalive keepalive.ClientParameters
+}
 
 // Keepalive sets how a connection that died silently (no reset: a lost route, a frozen peer)
-// is noticed: a ping after every `every` without a message from the scheduler (at least 10 s),
-// and the connection is closed if nothing arrives within `timeout` of it; its session stream
-// then reconnects on a fresh connection. Default: 20 s and 10 s.
+// is noticed: a ping after every `every` without a message from the scheduler, and the
+// connection is closed if nothing arrives within `timeout` of it; its session stream then
+// reconnects on a fresh connection. Default: 20 s and 10 s. gRPC raises `every` to at least
+// 10 s (so keepalive cannot be turned off, only slowed down).
 func Keepalive(every, timeout time.Duration) DialOption {
-	return func(p *keepalive.ClientParameters) { p.Time, p.Timeout = every, timeout }
+	return func(c *dialConfig) { c.keepalive.Time, c.keepalive.Timeout = every, timeout }
 }
 
 // Dial connects to target ("host:port"; a grpc://, http:// or https:// prefix is ignored) and
@@ -72,16 +77,16 @@ func Dial(ctx context.Context, target, key string, options ...DialOption) (*Clie
 	if key == "" {
 		return nil, invalid("api_key", "is empty")
 	}
-	alive := keepalive.ClientParameters{
+	config := dialConfig{keepalive: keepalive.ClientParameters{
 		Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true,
-	}
+	}}
 	for _, option := range options {
-		option(&alive)
+		option(&config)
 	}
 	conn, err := grpc.DialContext(ctx, trimScheme(target),
 		grpc.WithInsecure(),
 		grpc.WithPerRPCCredentials(apiKey(key)),
-		grpc.WithKeepaliveParams(alive),
+		grpc.WithKeepaliveParams(config.keepalive),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxMessageBytes),
 			grpc.MaxCallSendMsgSize(maxMessageBytes),

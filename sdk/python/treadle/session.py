@@ -22,13 +22,14 @@ from typing import Any, TypeVar
 import grpc
 
 from treadle import __version__
-from treadle.errors import Category, RequestFailedError
+from treadle.errors import Category, RequestFailedError, ValidationError
 from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CATEGORIES: dict[int, Category] = {1: "user", 2: "server"}
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+MIN_PING_SECONDS = 5  # the services accept a client's pings this often (treadle_runtime.server)
 # what gRPC's core reports, as INTERNAL, when a message is written on a connection that has just
 # died: a local transport failure, not an error sent by the scheduler
 LOCAL_TRANSPORT_FAILURE = "Internal error from Core"
@@ -69,6 +70,13 @@ class Connection:
         keepalive_seconds: float = 20.0,
         keepalive_timeout: float = 10.0,
     ) -> None:
+        if keepalive_seconds < MIN_PING_SECONDS:
+            raise ValidationError(
+                f"keepalive_seconds: must be >= {MIN_PING_SECONDS} (the scheduler refuses faster "
+                f"pings), got {keepalive_seconds}"
+            )
+        if keepalive_timeout <= 0:
+            raise ValidationError(f"keepalive_timeout: must be > 0, got {keepalive_timeout}")
         self.target = target
         self.metadata = (("x-api-key", api_key),)
         self.heartbeat_seconds = heartbeat_seconds
@@ -158,8 +166,9 @@ class Connection:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # A connection that died silently (no reset: a dropped route, a frozen peer) is
             # noticed within every + timeout: the stream fails UNAVAILABLE and reconnects on a
-            # fresh connection. Servers accept pings every 5 s or slower. gRPC core enforces the
-            # ping timeout; the keepalive timeout alone closes nothing.
+            # fresh connection. gRPC core enforces the ping timeout; the keepalive timeout alone
+            # closes nothing. The services' own links do the same (treadle_runtime.server
+            # keepalive_options; the SDK does not import the services' code).
             ("grpc.keepalive_time_ms", int(every * 1000)),
             ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
             ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),

@@ -29,7 +29,8 @@ class CheckpointsConfig(ServerConfig):
         default="treadle-checkpoints", metadata={"help": "bucket (created if missing)"}
     )
     chunk_bytes: int = field(
-        default=1 << 20, metadata={"help": "bytes per chunk message of Get and Export"}
+        default=1 << 20,
+        metadata={"help": "largest chunk message of Get and Export (small files: a quarter)"},
     )
     part_bytes: int = field(
         default=16 << 20, metadata={"help": "multipart part size for large files (>= 5 MiB)"}
