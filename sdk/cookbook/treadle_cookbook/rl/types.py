@@ -133,6 +133,8 @@ class SampledRLDataset(RLDataset):
         self.seed = seed
 
     def builder(self, item: Any) -> EnvGroupBuilder:
+        """The group builder of one drawn item (each dataset says how: arithmetic problems,
+        prompts); abstract like RLDataset's own methods."""
         raise NotImplementedError
 
     def __len__(self) -> int:
