@@ -1,7 +1,8 @@
 """The chunked unembedding sweep equals autograd over full logits: the same logprobs as
 treadle_models.target_logprobs and the same gradients for the hidden states and the lm_head LoRA
 matrices, whatever the chunk size and whether a chunk of one adapter folds its LoRA term into
-the base products (StackedHead); a non-finite loss is reported for its segment alone."""
+the base products (StackedHead) and whether the wide products run on oneDNN or torch.mm; a
+non-finite loss is reported for its segment alone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from treadle_models.logprobs import target_logprobs
+from treadle_trainer import head
 from treadle_trainer.head import HeadSegment, StackedHead, unembed
 
 V, H, M = 1000, 16, 40
@@ -64,9 +66,14 @@ def _reference(hidden, weight, targets, loras, coefficients, forward_only: set[i
     return lp.detach(), hidden.grad, grads
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64])
-def test_the_sweep_equals_autograd_over_full_logits(chunk_rows, stacked):
+def test_the_sweep_equals_autograd_over_full_logits(chunk_rows, stacked, onednn, monkeypatch):
+    if not onednn:
+        monkeypatch.setattr(head, "_ONEDNN_LINEAR", None)
+    elif head._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
     hidden, weight, targets, loras, coefficients = _inputs(0)
     forward_only = {1}
     segments = [
