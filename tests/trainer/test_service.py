@@ -4,6 +4,7 @@ over a real S3 server: info, saving and restoring state, sampler checkpoints, fa
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ from treadle_checkpoints.app import CheckpointsApp
 from treadle_checkpoints.config import CheckpointsConfig
 from treadle_runtime.checkpoint_client import CheckpointClient
 from treadle_trainer.config import TrainerConfig
+from treadle_trainer.engine import TrainerEngine
 from treadle_trainer.service import TrainerApp
 
 from .conftest import MAX_SEQ_LEN, TINY, CycleClient, create, datum, forward_backward, optim_step
@@ -38,13 +40,15 @@ def checkpoints(s3_server: S3Server) -> Iterator[str]:
 
 
 @contextmanager
-def _trainer(checkpoints: str) -> Iterator[tuple[CycleClient, TrainerApp]]:
+def _trainer(
+    checkpoints: str, peak_flops: float = 1e11
+) -> Iterator[tuple[CycleClient, TrainerApp]]:
     config = TrainerConfig(
         base_model=TINY,
         device="cpu",
         max_seq_len=MAX_SEQ_LEN,
         checkpoints=checkpoints,
-        peak_flops=1e11,  # the process test measures it; no need here
+        peak_flops=peak_flops,  # 1e11: the process test measures it; no need here
     )
     app = TrainerApp(config)
     with running_server(app.setup, service="trainer", config=config) as address:
@@ -179,3 +183,26 @@ def test_a_save_to_an_unreachable_store_fails_alone_and_keeps_the_adapter():
         assert app.runner is not None and app.runner.engine.adapters["kept"].step == 1
         after = client.run_ok([forward_backward("kept", DATA)])
         assert after["kept:fb"].forward_backward.metrics["loss:sum"] < before
+
+
+def test_every_torch_op_runs_on_the_thread_that_built_the_engine(monkeypatch, checkpoints):
+    """One OpenMP pool per process: a second thread running torch ops (the engine built, or the
+    peak measured, elsewhere) makes libgomp sleep at its barriers instead of spinning."""
+    threads: dict[str, set[str]] = {}
+
+    def recorded(name, method):
+        def record(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return method(*args, **kwargs)
+
+        monkeypatch.setattr(TrainerEngine, name, record)
+
+    for name in ("__init__", "measure_peak", "create_adapter", "forward_backward", "optim_step"):
+        recorded(name, getattr(TrainerEngine, name))
+    with _trainer(checkpoints, peak_flops=0) as (client, _):
+        client.run_ok([create("threads", seed=5)])
+        client.run_ok([forward_backward("threads", DATA), optim_step("threads")])
+    assert set(threads) == {"__init__", "measure_peak", "create_adapter", "forward_backward",
+                            "optim_step"}  # fmt: skip
+    (worker,) = set().union(*threads.values())
+    assert worker.startswith("trainer-torch")

@@ -2,10 +2,15 @@
 
 Wave k holds the k-th op of every model in the plan (a model's ops keep list order). In a wave,
 all forward / forward_backward ops go to the engine together as one batched pass; every other
-op runs on its own. Torch work runs on one dedicated worker thread, so the event loop (and the
-RunCycles stream) stays responsive and the engine is only ever touched by one thread; checkpoint
-transfers are awaited on the loop, overlapping the wave's torch work. A failing op yields an
-error result for that op alone. Plans run one at a time, whichever stream sends them.
+op runs on its own. Torch work runs on one dedicated worker thread (`torch_worker`), so the event
+loop (and the RunCycles stream) stays responsive and the engine is only ever touched by one
+thread; checkpoint transfers are awaited on the loop, overlapping the wave's torch work. A failing
+op yields an error result for that op alone. Plans run one at a time, whichever stream sends them.
+
+The engine is also built on that thread. Each thread that runs a parallel torch op keeps an
+OpenMP thread pool of its own, and once a process holds more OpenMP threads than cores, libgomp
+stops spinning at its barriers and sleeps in the kernel instead: one extra pool (a loader thread
+that ran one matmul) made a small model's training step 20 % slower on two cores.
 """
 
 from __future__ import annotations
@@ -68,8 +73,14 @@ def plan_waves(ops: Sequence[trainer_pb2.PlannedOp]) -> list[list[trainer_pb2.Pl
     return [[m[k] for m in per_model.values() if k < len(m)] for k in range(depth)]
 
 
+def torch_worker() -> ThreadPoolExecutor:
+    """The one thread that builds the engine and runs every torch op of a trainer."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-torch")
+
+
 class CycleRunner:
-    """Runs cycle plans against one engine and a checkpoint store."""
+    """Runs cycle plans against one engine and a checkpoint store; `worker` is the thread the
+    engine was built on (a new one when not given)."""
 
     def __init__(
         self,
@@ -78,6 +89,7 @@ class CycleRunner:
         *,
         state_ttl_seconds: int = 0,
         sampler_ttl_seconds: int = 0,
+        worker: ThreadPoolExecutor | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -85,7 +97,7 @@ class CycleRunner:
             common_pb2.CHECKPOINT_KIND_STATE: state_ttl_seconds or None,
             common_pb2.CHECKPOINT_KIND_SAMPLER: sampler_ttl_seconds or None,
         }
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-torch")
+        self._worker = worker or torch_worker()
         self._lock = asyncio.Lock()
 
     async def _torch(self, fn: Callable[..., T], *args: Any) -> T:

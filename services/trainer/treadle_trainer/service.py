@@ -10,6 +10,7 @@ it back (so the cycle's busy time is execution, not waiting on the network).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ import torch
 
 from treadle.v1 import trainer_pb2, trainer_pb2_grpc
 from treadle_trainer.config import TrainerConfig
-from treadle_trainer.cycle import CheckpointStore, CycleRunner
+from treadle_trainer.cycle import CheckpointStore, CycleRunner, torch_worker
 from treadle_trainer.engine import TrainerEngine
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,9 @@ class TrainerApp:
         config = self.config
         if config.torch_threads:  # e.g. the CPU limit of a container, not the host's cores
             torch.set_num_threads(config.torch_threads)
-        engine = await asyncio.to_thread(
+        worker = torch_worker()  # every torch op of this process runs on it (cycle.py)
+        loop = asyncio.get_running_loop()
+        build = functools.partial(
             TrainerEngine,
             config.base_model,
             device=config.device,
@@ -113,13 +116,15 @@ class TrainerApp:
             head_chunk_rows=config.head_chunk_rows,
             peak_flops=config.peak_flops,
         )
+        engine = await loop.run_in_executor(worker, build)
         if not engine.peak_flops:
-            await asyncio.to_thread(engine.measure_peak)
+            await loop.run_in_executor(worker, engine.measure_peak)
         self.runner = CycleRunner(
             engine,
             checkpoint_store(config.checkpoints),
             state_ttl_seconds=config.state_ttl_seconds,
             sampler_ttl_seconds=config.sampler_ttl_seconds,
+            worker=worker,
         )
         trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.runner), server)
         log.info(
