@@ -70,10 +70,19 @@ def _reference(hidden, weight, targets, loras, coefficients, forward_only: set[i
 @pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64])
 def test_the_sweep_equals_autograd_over_full_logits(chunk_rows, stacked, onednn, monkeypatch):
+    calls = []
     if not onednn:
         monkeypatch.setattr(head, "_ONEDNN_LINEAR", None)
     elif head._ONEDNN_LINEAR is None:
-        pytest.skip("this torch build has no oneDNN linear")
+        pytest.skip("no oneDNN linear on this build or CPU")
+    else:
+        linear = head._ONEDNN_LINEAR
+
+        def counted(*args):
+            calls.append(args[0].shape)
+            return linear(*args)
+
+        monkeypatch.setattr(head, "_ONEDNN_LINEAR", counted)
     hidden, weight, targets, loras, coefficients = _inputs(0)
     forward_only = {1}
     segments = [
@@ -93,6 +102,7 @@ def test_the_sweep_equals_autograd_over_full_logits(chunk_rows, stacked, onednn,
     _close(out.grad_hidden, grad_hidden)
     assert not out.grad_hidden[12:32].any()  # the forward-only segment has no gradient
     assert out.lora_grads[1] is None and out.finite == [True, True, True]
+    assert bool(calls) == onednn  # every wide product of a float32 CPU sweep goes to oneDNN
     for got, want in zip(out.lora_grads, lora_grads, strict=True):
         assert (got is None) == (want is None)
         if want is not None and got is not None:

@@ -19,11 +19,11 @@ backpropagates dh through the decoder. A segment whose loss is not finite is rep
 the caller can drop its gradient.
 
 On the CPU, a chunk that belongs to one adapter training lm_head runs its LoRA term inside the
-base products: z = [h | xa]·[W | Bᵀ]ᵀ and [dh | dz·B] = dz·[W | Bᵀ], with [W | Bᵀ]ᵀ kept in a
-`StackedHead` whose W rows are copied once and whose B rows are refreshed per use. The
-[tokens, vocab] logits and their gradient are then streamed twice instead of four times, which
-is most of the cost of a small model's step. The products that span the vocabulary run on
-oneDNN there (`_wide`), and the softmax is torch's fused one, in place.
+base products (B = lora_B [V, r]): z = [h | xa]·[W | B]ᵀ and [dh | dz·B] = dz·[W | B], with
+[W | B]ᵀ = [Wᵀ; Bᵀ] kept in a `StackedHead` whose Wᵀ rows are copied once and whose Bᵀ rows are
+refreshed per use. The [tokens, vocab] logits and their gradient are then streamed twice instead
+of four times, which is most of the cost of a small model's step. There the products that span
+the vocabulary run on oneDNN (`_wide`), and the softmax is torch's fused kernel, in place.
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ class HeadOutput:
 
 
 class StackedHead:
-    """[W | Bᵀ]ᵀ = [Wᵀ; B] of the frozen unembedding W and one adapter's lm_head B at a time.
+    """[Wᵀ; Bᵀ] of the frozen unembedding W and one adapter's lm_head B at a time.
 
-    Kept as [H + r, V] rows: the forward product h·Wᵀ then reads it without a transpose, which
-    BLAS runs ~10 % faster for a wide vocabulary, and the input gradient dz·W reads its transpose
-    as fast as W itself.
+    Kept as [H + r, V] rows, which oneDNN reads faster than W's own [V, H] layout for both the
+    logits (1.04×) and their input gradient (1.16×). The CPU engine keeps one, so Wᵀ is held
+    twice (a second [H + 16, V] float32 copy) whether or not an adapter trains lm_head.
     """
 
     def __init__(self) -> None:
@@ -86,7 +86,7 @@ class StackedHead:
         return self._rows(weight_VH, 0)[: weight_VH.shape[1]]
 
     def get(self, weight_VH: torch.Tensor, bt_RV: torch.Tensor) -> torch.Tensor:
-        """[Wᵀ; Bᵀ] [H + r, V], contiguous (r = the adapter's rank)."""
+        """[Wᵀ; Bᵀ] [H + r, V], contiguous (Bᵀ = `bt_RV`, r = the adapter's rank)."""
         hidden, rank = weight_VH.shape[1], bt_RV.shape[0]
         stacked = self._rows(weight_VH, rank)[: hidden + rank]
         stacked[hidden:].copy_(bt_RV)
@@ -94,29 +94,50 @@ class StackedHead:
 
 
 def _onednn_linear() -> Callable[..., torch.Tensor] | None:
-    """oneDNN's dense linear (the kernel torch.compile emits for float32 linears on the CPU)."""
+    """oneDNN's dense float32 linear, x·weightᵀ (`torch.ops.mkldnn._linear_pointwise`), when this
+    build has it, the CPU has AVX2 or AVX-512, and it agrees with torch.mm on the operand
+    layouts the sweep passes (transposed views included); otherwise None."""
     if not torch.backends.mkldnn.is_available():
         return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise  # type: ignore[no-any-return]
-    except (AttributeError, RuntimeError):
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None
+    try:
+        linear = torch.ops.mkldnn._linear_pointwise
+        g = torch.Generator().manual_seed(0)
+        x_MK, w_KN = torch.randn(5, 7, generator=g), torch.randn(7, 9, generator=g)
+        for x, weight in ((x_MK, w_KN.t()), (x_MK[1:].t(), w_KN[:4].t().contiguous())):
+            got = linear(x, weight, None, "none", [], "")
+            if not torch.allclose(got, torch.mm(x, weight.t()), rtol=1e-5, atol=1e-5):
+                return None
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return linear  # type: ignore[no-any-return]
 
 
 _ONEDNN_LINEAR = _onednn_linear()
 
 
-def _wide(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x·weightᵀ, for the head's products where one side spans the vocabulary.
+def _onednn(x: torch.Tensor) -> bool:
+    return (
+        _ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.enabled
+    )
 
-    In float32 on the CPU these go to oneDNN, whose AVX-512 kernels run them 1.2–1.4× (the
-    logits and their input gradient) and 2× (the lm_head B gradient, r ≪ V rows) as fast as the
-    BLAS behind torch.mm on the cores measured, the whole sweep 1.27× (bench/trainer_head.py);
-    the results match to float32 rounding. Elsewhere torch.mm.
+
+def _wide(x_MK: torch.Tensor, weight_NK: torch.Tensor) -> torch.Tensor:
+    """x·weightᵀ [M, N], for the head's products where one side spans the vocabulary.
+
+    In float32 on an x86 CPU these go to oneDNN, which runs them 1.2–1.4× (the logits and their
+    input gradient) and 2× (the lm_head B gradient, r ≪ V rows) as fast as the BLAS behind
+    torch.mm on the AVX-512 cores measured, the whole sweep 1.27× (bench/trainer_head.py); the
+    results match to float32 rounding. Elsewhere torch.mm.
     """
-    if _ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-        return _ONEDNN_LINEAR(x, weight, None, "none", [], "")
-    return torch.mm(x, weight.t())
+    if _onednn(x_MK):
+        assert _ONEDNN_LINEAR is not None
+        return _ONEDNN_LINEAR(x_MK, weight_NK, None, "none", [], "")
+    return torch.mm(x_MK, weight_NK.t())
 
 
 @torch.no_grad()
@@ -177,15 +198,15 @@ def _chunk(
             xas[i] = torch.mm(h[a:b], lora[0].t())
             if lora[2] != 1.0:
                 xas[i].mul_(lora[2])
-    folded: torch.Tensor | None = None  # [W | Bᵀ] of the chunk's one adapter
+    folded_KV: torch.Tensor | None = None  # [Wᵀ; Bᵀ] of the chunk's one adapter
     whole = len(parts) == 1 and parts[0][1:] == (0, end - start)
     if stacked is not None and whole and parts[0][0] in xas:
         lora = segments[parts[0][0]].lora
         assert lora is not None
-        folded = stacked.get(weight, lora[1])
-        logits = _wide(torch.cat([h, xas[parts[0][0]]], dim=1), folded.t())
+        folded_KV = stacked.get(weight, lora[1])
+        logits = _wide(torch.cat([h, xas[parts[0][0]]], dim=1), folded_KV.t())
     base_HV = weight.t() if stacked is None else stacked.base(weight)
-    if folded is None:
+    if folded_KV is None:
         logits = _wide(h, base_HV.t())
         for i, a, b in parts:
             lora = segments[i].lora
@@ -215,20 +236,25 @@ def _chunk(
     dz = dz.to(weight.dtype)
     grad_h = out.grad_hidden[start:end]
     hidden = weight.shape[1]
-    if folded is not None:
-        both = _wide(dz, folded)  # [dz·W | dz·B]
+    onednn = _onednn(dz)
+    if folded_KV is not None:
+        both = _wide(dz, folded_KV)  # [dz·W | dz·B]
         grad_h.copy_(both[:, :hidden])
-    else:
+    elif onednn:
         grad_h.copy_(_wide(dz, base_HV))  # dz·W
+    else:
+        torch.mm(dz, base_HV.t(), out=grad_h)
     for i, a, b in training:
         lora = segments[i].lora
         if lora is None:
             continue
         grad_bt = _wide(xas[i].t().contiguous(), dz[a:b].t())  # dBᵀ = xaᵀ·dz [r, V]
-        if folded is not None:
+        if folded_KV is not None:
             gxa = both[:, hidden:].contiguous()  # dz·B [n, r], from the product above
-        else:
+        elif onednn:
             gxa = _wide(dz[a:b], lora[1])  # dz·B [n, r]
+        else:  # BLAS streams dz once when the wide side is the output's: (Bᵀ·dzᵀ)ᵀ
+            gxa = torch.mm(lora[1], dz[a:b].t()).t()
         if lora[2] != 1.0:
             gxa.mul_(lora[2])
         grad_a = torch.mm(gxa.t(), h[a:b])

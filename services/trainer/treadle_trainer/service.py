@@ -116,9 +116,13 @@ class TrainerApp:
             head_chunk_rows=config.head_chunk_rows,
             peak_flops=config.peak_flops,
         )
-        engine = await loop.run_in_executor(worker, build)
-        if not engine.peak_flops:
-            await loop.run_in_executor(worker, engine.measure_peak)
+        try:
+            engine = await loop.run_in_executor(worker, build)
+            if not engine.peak_flops:
+                await loop.run_in_executor(worker, engine.measure_peak)
+        except BaseException:
+            worker.shutdown(wait=False)
+            raise
         self.runner = CycleRunner(
             engine,
             checkpoint_store(config.checkpoints),
