@@ -21,9 +21,9 @@ from checkpoints.conftest import (
 )
 from fixtures.s3 import S3Server
 from treadle.paths import parse_path
-from treadle.v1 import common_pb2
+from treadle.v1 import checkpoints_pb2, common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
-from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
+from treadle_runtime.checkpoint_client import CheckpointClient, chunk_message, piece_bytes
 from treadle_runtime.errors import OpError
 
 FILES = {"adapter_model.safetensors": os.urandom(3_000_000), "adapter_config.json": b"{}"}
@@ -129,3 +129,16 @@ def test_a_small_file_comes_back_in_a_few_pieces(served: Served, tenant: str) ->
 )
 def test_small_files_are_sent_in_a_few_pieces(size: int, configured: int, piece: int) -> None:
     assert piece_bytes(size, configured) == piece
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 1 << 20])
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "é" * 70, ""])
+@pytest.mark.parametrize("last", [False, True])
+def test_a_chunk_written_as_wire_bytes_is_the_serialized_message(size, name, last) -> None:
+    data = os.urandom(size)
+    message = checkpoints_pb2.PutRequest(
+        chunk=checkpoints_pb2.FileChunk(file_name=name, data=data, last=last)
+    )
+    wire = chunk_message(name, memoryview(data), last)
+    assert wire == message.SerializeToString()
+    assert checkpoints_pb2.GetCheckpointResponse.FromString(wire).chunk == message.chunk
