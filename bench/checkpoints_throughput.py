@@ -31,7 +31,8 @@ from local_mesh import write_results
 from minio import Minio
 
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
-from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
+from treadle_checkpoints.service import add_to_server
+from treadle_runtime.checkpoint_client import CheckpointClient, chunk_message, piece_bytes
 from treadle_runtime.launcher import free_port, wait_healthy
 from treadle_runtime.seaweed import S3Server, start_s3_server
 from treadle_runtime.server import ServerConfig, serve
@@ -63,7 +64,8 @@ def _checkpoints_process(s3: S3Server, data_dir: Path) -> tuple[str, subprocess.
 
 
 class _BareHop(checkpoints_pb2_grpc.CheckpointsServicer):
-    """Checkpoints.Get streaming `int(request.path)` bytes from memory in the service's pieces."""
+    """Checkpoints.Get streaming `int(request.path)` bytes from memory in the service's pieces,
+    written as the service writes them."""
 
     def __init__(self, chunk_bytes: int) -> None:
         self.chunk_bytes = chunk_bytes
@@ -71,7 +73,7 @@ class _BareHop(checkpoints_pb2_grpc.CheckpointsServicer):
 
     async def Get(
         self, request: checkpoints_pb2.GetCheckpointRequest, context: object
-    ) -> AsyncIterator[checkpoints_pb2.GetCheckpointResponse]:
+    ) -> AsyncIterator[checkpoints_pb2.GetCheckpointResponse | bytes]:
         size = int(request.path)
         if len(self.data) != size:
             self.data = os.urandom(size)
@@ -79,15 +81,13 @@ class _BareHop(checkpoints_pb2_grpc.CheckpointsServicer):
         yield checkpoints_pb2.GetCheckpointResponse(info=common_pb2.CheckpointInfo(path="bare"))
         step = piece_bytes(size, self.chunk_bytes)  # as the service sends a file
         for start in range(0, size, step):
-            piece = view[start : start + step].tobytes()
-            last = start + step >= size
-            chunk = checkpoints_pb2.FileChunk(file_name=FILE, data=piece, last=last)
-            yield checkpoints_pb2.GetCheckpointResponse(chunk=chunk)
+            piece = view[start : start + step]
+            yield chunk_message(FILE, piece, start + step >= size)
 
 
 def _serve_bare_hop(port: int) -> None:
     async def setup(server: grpc.aio.Server) -> list[str]:
-        checkpoints_pb2_grpc.add_CheckpointsServicer_to_server(_BareHop(1 << 20), server)
+        add_to_server(_BareHop(1 << 20), server)
         return ["treadle.v1.Checkpoints"]
 
     asyncio.run(serve(ServerConfig(port=port, log_level="warning"), "bare-hop", setup))

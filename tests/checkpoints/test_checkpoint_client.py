@@ -23,7 +23,12 @@ from fixtures.s3 import S3Server
 from treadle.paths import parse_path
 from treadle.v1 import checkpoints_pb2, common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
-from treadle_runtime.checkpoint_client import CheckpointClient, chunk_message, piece_bytes
+from treadle_runtime.checkpoint_client import (
+    CheckpointClient,
+    chunk_message,
+    data_chunk_message,
+    piece_bytes,
+)
 from treadle_runtime.errors import OpError
 
 FILES = {"adapter_model.safetensors": os.urandom(3_000_000), "adapter_config.json": b"{}"}
@@ -142,3 +147,5 @@ def test_a_chunk_written_as_wire_bytes_is_the_serialized_message(size, name, las
     wire = chunk_message(name, memoryview(data), last)
     assert wire == message.SerializeToString()
     assert checkpoints_pb2.GetCheckpointResponse.FromString(wire).chunk == message.chunk
+    export = checkpoints_pb2.DataChunk(data=data).SerializeToString()
+    assert data_chunk_message(memoryview(data)) == export

@@ -13,11 +13,10 @@ import logging
 
 import grpc
 
-from treadle.v1 import checkpoints_pb2_grpc
 from treadle_checkpoints.config import CheckpointsConfig
 from treadle_checkpoints.expiry import ExpirySweeper
 from treadle_checkpoints.s3_store import S3Store
-from treadle_checkpoints.service import CheckpointsServicer
+from treadle_checkpoints.service import CheckpointsServicer, add_to_server
 from treadle_runtime.errors import OpError
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ class CheckpointsApp:
         except OpError as exc:
             log.warning("object store not ready; will retry", extra={"reason": exc.message})
         servicer = CheckpointsServicer(self.store, self.config)
-        checkpoints_pb2_grpc.add_CheckpointsServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         if self.config.sweep_interval_seconds > 0:
             sweep = self.sweeper.run_forever(self.config.sweep_interval_seconds)
             self._sweep_task = asyncio.create_task(sweep, name="expiry-sweep")

@@ -44,6 +44,7 @@ _CHUNK = _tag(checkpoints_pb2.PutRequest, "chunk", _LENGTH_DELIMITED)
 _FILE_NAME = _tag(checkpoints_pb2.FileChunk, "file_name", _LENGTH_DELIMITED)
 _DATA = _tag(checkpoints_pb2.FileChunk, "data", _LENGTH_DELIMITED)
 _LAST = _tag(checkpoints_pb2.FileChunk, "last", _VARINT) + b"\x01"
+_EXPORT_DATA = _tag(checkpoints_pb2.DataChunk, "data", _LENGTH_DELIMITED)
 
 
 def chunk_message(file_name: str, data: bytes | memoryview, last: bool) -> bytes:
@@ -57,6 +58,13 @@ def chunk_message(file_name: str, data: bytes | memoryview, last: bool) -> bytes
     tail = _LAST if last else b""
     size = len(head) + len(data) + len(tail)
     return b"".join((_CHUNK, _varint(size), head, data, tail))
+
+
+def data_chunk_message(data: bytes | memoryview) -> bytes:
+    """The wire bytes of DataChunk(data=data) (an Export piece), with one copy of `data`."""
+    if not len(data):
+        return b""
+    return b"".join((_EXPORT_DATA, _varint(len(data)), data))
 
 
 def piece_bytes(size: int, chunk_bytes: int) -> int:
