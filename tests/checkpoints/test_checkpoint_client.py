@@ -21,14 +21,11 @@ from checkpoints.conftest import (
 )
 from fixtures.s3 import S3Server
 from treadle.paths import parse_path
-from treadle.v1 import checkpoints_pb2, common_pb2
+from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
-from treadle_runtime.checkpoint_client import (
-    CheckpointClient,
-    chunk_message,
-    data_chunk_message,
-    piece_bytes,
-)
+from treadle_checkpoints.service import add_to_server
+from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
+from treadle_runtime.chunk_wire import chunk_message, data_chunk_message
 from treadle_runtime.errors import OpError
 
 FILES = {"adapter_model.safetensors": os.urandom(3_000_000), "adapter_config.json": b"{}"}
@@ -136,10 +133,12 @@ def test_small_files_are_sent_in_a_few_pieces(size: int, configured: int, piece:
     assert piece_bytes(size, configured) == piece
 
 
-@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 1 << 20])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, (1 << 21) - 40, 1 << 21])
 @pytest.mark.parametrize("name", ["adapter_model.safetensors", "é" * 70, ""])
 @pytest.mark.parametrize("last", [False, True])
-def test_a_chunk_written_as_wire_bytes_is_the_serialized_message(size, name, last) -> None:
+def test_a_chunk_written_as_wire_bytes_is_the_serialized_message(
+    size: int, name: str, last: bool
+) -> None:
     data = os.urandom(size)
     message = checkpoints_pb2.PutRequest(
         chunk=checkpoints_pb2.FileChunk(file_name=name, data=data, last=last)
@@ -149,3 +148,41 @@ def test_a_chunk_written_as_wire_bytes_is_the_serialized_message(size, name, las
     assert checkpoints_pb2.GetCheckpointResponse.FromString(wire).chunk == message.chunk
     export = checkpoints_pb2.DataChunk(data=data).SerializeToString()
     assert data_chunk_message(memoryview(data)) == export
+
+
+class _Recorded:
+    """A server that keeps what is registered on it."""
+
+    def __init__(self) -> None:
+        self.generic: list[object] = []
+        self.registered: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: tuple[object, ...]) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.registered = handlers
+
+
+def test_the_servicer_is_registered_with_every_method_and_gets_pieces_through() -> None:
+    server = _Recorded()
+    add_to_server(checkpoints_pb2_grpc.CheckpointsServicer(), server)  # type: ignore[arg-type]
+    assert set(server.registered) == {"Put", "Get", "List", "Delete", "SetTtl", "Export"}
+    assert len(server.generic) == 1
+    get = server.registered["Get"].response_serializer
+    assert get is not None
+    wire = chunk_message("f", b"data", True)
+    assert get(wire) is wire  # wire bytes go out as they are
+    info = checkpoints_pb2.GetCheckpointResponse(info=common_pb2.CheckpointInfo(path="p"))
+    assert get(info) == info.SerializeToString()
+
+
+def test_a_registration_missing_methods_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def generic_only(servicer: object, server: _Recorded) -> None:
+        server.add_generic_rpc_handlers(())
+
+    monkeypatch.setattr(checkpoints_pb2_grpc, "add_CheckpointsServicer_to_server", generic_only)
+    with pytest.raises(RuntimeError, match="not every method"):
+        add_to_server(checkpoints_pb2_grpc.CheckpointsServicer(), _Recorded())  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Entry point: `treadle-checkpoints` (or `python -m treadle_checkpoints`).
 
 The process first asks glibc to keep freed memory for reuse (treadle_runtime.memory): every piece
-of a checkpoint passes through short-lived buffers (S3 reads, protobuf messages, gRPC slices).
+of a checkpoint passes through short-lived buffers (S3 reads, wire bytes, gRPC slices).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ and a missing one give the same NOT_FOUND. A checkpoint is visible exactly while
 exists and has not expired. Put streams each file into its own object under a fresh generation
 and commits by writing the manifest last; Get and Export verify every byte against the manifest's
 sha256 and never mark a file complete (`last`) before it has passed. Their file pieces go out as
-wire bytes written directly (checkpoint_client.chunk_message), not as messages that protobuf
-would copy twice to build and serialize (about 1 ms per MB): `add_to_server` registers the
-generated handlers with serializers that pass bytes through.
+wire bytes written directly (treadle_runtime.chunk_wire), not as messages that protobuf would
+copy twice to build and serialize (about 1 ms per MB): `add_to_server` registers the generated
+handlers with serializers that pass bytes through.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from treadle_checkpoints.config import CheckpointsConfig
 from treadle_checkpoints.manifest import FileEntry, Manifest, checkpoint_digest
 from treadle_checkpoints.receive import discard, receive_files, stop_when_refused
 from treadle_checkpoints.s3_store import ObjectMissing, S3Store
-from treadle_runtime.checkpoint_client import chunk_message, data_chunk_message, piece_bytes
+from treadle_runtime.checkpoint_client import piece_bytes
+from treadle_runtime.chunk_wire import chunk_message, data_chunk_message
 from treadle_runtime.errors import OpError, invalid
 
 log = logging.getLogger(__name__)
@@ -416,30 +417,41 @@ class _Registrations:
         self.handlers = dict(handlers)
 
 
-def _bytes_as_they_are(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
-    assert serialize is not None
+def _bytes_as_they_are(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` (server-streaming) with a serializer that sends bytes items unchanged."""
+    serialize = handler.response_serializer
+    assert serialize is not None and handler.unary_stream is not None
 
     def serializer(item: Any) -> bytes:
         return item if isinstance(item, bytes) else serialize(item)
 
-    return serializer
+    return grpc.unary_stream_rpc_method_handler(
+        handler.unary_stream,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=serializer,
+    )
 
 
 def add_to_server(
     servicer: checkpoints_pb2_grpc.CheckpointsServicer, server: grpc.aio.Server
 ) -> None:
     """Register `servicer` with the generated handlers, Get's and Export's serializers letting
-    items that are already wire bytes through."""
+    items that are already wire bytes through (an interceptor that wraps their response streams
+    sees those bytes). Raises if the generated code did not hand over every method."""
+    service = checkpoints_pb2.DESCRIPTOR.services_by_name["Checkpoints"]
     generated = _Registrations()
     checkpoints_pb2_grpc.add_CheckpointsServicer_to_server(servicer, generated)  # type: ignore[arg-type]
-    handlers = {
-        name: handler._replace(  # type: ignore[attr-defined]
-            response_serializer=_bytes_as_they_are(handler.response_serializer)
+    if set(generated.handlers) != {method.name for method in service.methods}:
+        raise RuntimeError(
+            f"the generated registration handed over {sorted(generated.handlers)}, not every "
+            f"method of {service.full_name}"
         )
-        if name in ("Get", "Export")
-        else handler
+    handlers = {
+        name: _bytes_as_they_are(handler) if name in ("Get", "Export") else handler
         for name, handler in generated.handlers.items()
     }
-    service = checkpoints_pb2.DESCRIPTOR.services_by_name["Checkpoints"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    # grpc-stubs lacks the method that grpcio (and the generated code) uses
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ piece_bytes), so a checkpoint of any size passes the gRPC message limit. A recei
 written into one growing buffer whose bytes are returned without a final copy
 (io.BytesIO.getvalue), rather than kept as a list of chunks and joined: the chunks' memory is
 reused message after message, and the only large allocation is the file itself. Sent chunks are
-written as wire bytes directly (chunk_message): building and serializing a chunk message copies
+written as wire bytes directly (chunk_wire.py): building and serializing a chunk message copies
 its data twice, about 1 ms per MB here, which is as much as the whole hop. The channel is
 opened lazily inside the running event loop (grpc.aio channels belong to one loop; a client first
 used on another loop opens a fresh one). A failed call raises
@@ -19,52 +19,11 @@ import io
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.message import Message
 
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
+from treadle_runtime.chunk_wire import chunk_message
 from treadle_runtime.errors import OpError
 from treadle_runtime.server import channel_options
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(message: type[Message], field: str, wire_type: int) -> bytes:
-    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
-
-
-_LENGTH_DELIMITED, _VARINT = 2, 0
-_CHUNK = _tag(checkpoints_pb2.PutRequest, "chunk", _LENGTH_DELIMITED)
-_FILE_NAME = _tag(checkpoints_pb2.FileChunk, "file_name", _LENGTH_DELIMITED)
-_DATA = _tag(checkpoints_pb2.FileChunk, "data", _LENGTH_DELIMITED)
-_LAST = _tag(checkpoints_pb2.FileChunk, "last", _VARINT) + b"\x01"
-_EXPORT_DATA = _tag(checkpoints_pb2.DataChunk, "data", _LENGTH_DELIMITED)
-
-
-def chunk_message(file_name: str, data: bytes | memoryview, last: bool) -> bytes:
-    """The wire bytes of a PutRequest (or a GetCheckpointResponse: its chunk is the same field)
-    whose chunk is FileChunk(file_name, data, last), with one copy of `data`; byte for byte what
-    the message's SerializeToString gives (fields at their default are left out)."""
-    name = file_name.encode()
-    head = _FILE_NAME + _varint(len(name)) + name if name else b""
-    if len(data):
-        head += _DATA + _varint(len(data))
-    tail = _LAST if last else b""
-    size = len(head) + len(data) + len(tail)
-    return b"".join((_CHUNK, _varint(size), head, data, tail))
-
-
-def data_chunk_message(data: bytes | memoryview) -> bytes:
-    """The wire bytes of DataChunk(data=data) (an Export piece), with one copy of `data`."""
-    if not len(data):
-        return b""
-    return b"".join((_EXPORT_DATA, _varint(len(data)), data))
 
 
 def piece_bytes(size: int, chunk_bytes: int) -> int:
@@ -107,6 +66,12 @@ class CheckpointClient:
             self._loop = loop
         return self._stub
 
+    def _put_call(self) -> grpc.aio.StreamUnaryMultiCallable:
+        """Checkpoints.Put taking requests as wire bytes, on the current loop's channel."""
+        self._checkpoints()
+        assert self._put is not None
+        return self._put
+
     async def put(
         self,
         tenant: str,
@@ -125,7 +90,7 @@ class CheckpointClient:
         async def requests() -> AsyncIterator[bytes]:
             yield checkpoints_pb2.PutRequest(header=header).SerializeToString()
             for name, data in files.items():
-                view = memoryview(data)
+                view = memoryview(data).cast("B")  # lengths in bytes, whatever the buffer
                 step = piece_bytes(len(view), self.chunk_bytes)
                 start = 0
                 while True:
@@ -136,10 +101,8 @@ class CheckpointClient:
                     if last:
                         break
 
-        self._checkpoints()
-        assert self._put is not None
         try:
-            reply: common_pb2.CheckpointInfo = await self._put(requests())
+            reply: common_pb2.CheckpointInfo = await self._put_call()(requests())
         except grpc.aio.AioRpcError as exc:
             raise _op_error(exc) from None
         return reply
