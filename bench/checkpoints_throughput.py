@@ -33,10 +33,10 @@ from minio import Minio
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_checkpoints.service import add_to_server
 from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
-from treadle_runtime.chunk_wire import chunk_message
 from treadle_runtime.launcher import free_port, wait_healthy
 from treadle_runtime.seaweed import S3Server, start_s3_server
 from treadle_runtime.server import ServerConfig, serve
+from treadle_runtime.wire_bytes import chunk_message
 
 MB = 1_000_000
 TENANT = "bench"

@@ -2,6 +2,7 @@
 # Generates every client and server stub from protos/ (never edit the output by hand):
 #   Python messages, type stubs and gRPC stubs into sdk/python/treadle/v1/
 #   Go messages and gRPC stubs into sdk/go/treadlev1/
+#   the Go client's loss table into sdk/go/client/losses_gen.go (from treadle.contract.losses)
 # Usage: scripts/proto.sh [OUT_ROOT]   (OUT_ROOT defaults to the repository; tests pass a temp dir)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +28,9 @@ if command -v protoc >/dev/null && command -v protoc-gen-go >/dev/null \
   protoc -I protos --go_out="$out/sdk/go" --go_opt=module=treadle/sdk/go \
     --go-grpc_out="$out/sdk/go" --go-grpc_opt=module=treadle/sdk/go \
     "${protos[@]}"
+  # the Go client's copy of the loss table (treadle.contract.losses)
+  mkdir -p "$out/sdk/go/client"
+  "$py" scripts/contract_go.py "$out/sdk/go/client/losses_gen.go"
 else
   echo "proto.sh: protoc-gen-go/protoc-gen-go-grpc not found; Go code not generated" >&2
   exit 3

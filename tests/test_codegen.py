@@ -1,4 +1,5 @@
-"""Generated code must match protos/: regenerate into a temp dir and compare byte for byte."""
+"""Generated code must match its sources (protos/, treadle.contract): regenerate into a temp dir
+and compare byte for byte."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = {"sdk/python/treadle/v1": ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"),
-             "sdk/go/treadlev1": (".pb.go",)}  # fmt: skip
+             "sdk/go/treadlev1": (".pb.go",), "sdk/go/client": ("_gen.go",)}  # fmt: skip
 
 
 def _files(root: Path, folder: str, suffixes: tuple[str, ...]) -> set[str]:

@@ -57,7 +57,7 @@ def s3_config(s3: S3Server, **overrides: Any) -> CheckpointsConfig:
 def checkpoints_server(config: CheckpointsConfig) -> Iterator[Served]:
     """Serve `config` in-process until the block ends (sweep stopped first)."""
     app = CheckpointsApp(config)
-    with running_server(app.setup, service="checkpoints", config=config) as address:
+    with running_server(app, service="checkpoints", config=config) as address:
         channel = grpc.insecure_channel(address)
         served = Served(address, app, checkpoints_pb2_grpc.CheckpointsStub(channel))
         try:

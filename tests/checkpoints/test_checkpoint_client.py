@@ -25,8 +25,8 @@ from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_checkpoints.layout import checkpoint_prefix
 from treadle_checkpoints.service import add_to_server
 from treadle_runtime.checkpoint_client import CheckpointClient, piece_bytes
-from treadle_runtime.chunk_wire import chunk_message, data_chunk_message
 from treadle_runtime.errors import OpError
+from treadle_runtime.wire_bytes import chunk_message, data_chunk_message
 
 FILES = {"adapter_model.safetensors": os.urandom(3_000_000), "adapter_config.json": b"{}"}
 

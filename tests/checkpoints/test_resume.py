@@ -14,8 +14,8 @@ from trainer.conftest import optim_step as optim
 from checkpoints.conftest import Served, get, service_process
 from fixtures.grpc_server import running_server
 from treadle.v1 import common_pb2, trainer_pb2
+from treadle_trainer.app import TrainerApp
 from treadle_trainer.config import TrainerConfig
-from treadle_trainer.service import TrainerApp
 
 DATA = [datum(list(range(100, 124))), datum(list(range(7, 19)))]
 LR = 1e-2
@@ -75,7 +75,7 @@ def test_a_killed_trainer_resumes_bit_identically_in_a_new_trainer(
 
     config = TrainerConfig(**flags)  # a new trainer, here in the test process
     app = TrainerApp(config)
-    with running_server(app.setup, service="trainer", config=config) as second:
+    with running_server(app, service="trainer", config=config) as second:
         client = CycleClient(second)
         resumed = client.run_ok(
             [_create("resumed", tenant, from_state_path=state, load_optimizer=True)]

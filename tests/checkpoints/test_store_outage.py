@@ -16,8 +16,8 @@ from checkpoints.conftest import checkpoints_server, s3_config
 from fixtures.grpc_server import free_port, running_server
 from treadle.v1 import common_pb2, trainer_pb2
 from treadle_runtime.seaweed import S3Server, start_s3_server
+from treadle_trainer.app import TrainerApp
 from treadle_trainer.config import TrainerConfig
-from treadle_trainer.service import TrainerApp
 
 DATA = [datum(list(range(30, 50)))]
 STATE, SAMPLER = common_pb2.CHECKPOINT_KIND_STATE, common_pb2.CHECKPOINT_KIND_SAMPLER
@@ -70,7 +70,7 @@ def test_store_down_fails_saves_unavailable_and_a_retry_succeeds(
             base_model=TINY, device="cpu", max_seq_len=MAX_SEQ_LEN, checkpoints=checkpoints.address
         )
         app = TrainerApp(trainer_config)
-        with running_server(app.setup, service="trainer", config=trainer_config) as address:
+        with running_server(app, service="trainer", config=trainer_config) as address:
             client = CycleClient(address)
             client.run_ok([create("kept", seed=1)])
             client.run_ok([forward_backward("kept", DATA), optim("kept", learning_rate=1e-2)])

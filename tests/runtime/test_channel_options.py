@@ -8,9 +8,9 @@ import asyncio
 import grpc
 import pytest
 
-from fixtures.grpc_server import running_server
+from fixtures.grpc_server import ServicersApp, running_server
+from treadle.contract.transport import channel_options, keepalive_options
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
-from treadle_runtime.server import channel_options, keepalive_options
 
 BIG = 5 << 20  # over gRPC's default 4 MiB receive limit, under the services' 64 MiB
 
@@ -34,11 +34,11 @@ async def _list(address: str, options: list[tuple[str, int]]) -> int:
 
 
 def test_a_reply_over_4_mib_passes_between_services() -> None:
-    async def setup(server: grpc.aio.Server) -> list[str]:
+    def register(server: grpc.aio.Server) -> list[str]:
         checkpoints_pb2_grpc.add_CheckpointsServicer_to_server(_Listing(), server)
         return ["treadle.v1.Checkpoints"]
 
-    with running_server(setup) as address:
+    with running_server(ServicersApp(register)) as address:
         assert asyncio.run(_list(address, channel_options(20))) == BIG
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # keepalive alone: gRPC's limit
             asyncio.run(_list(address, keepalive_options(20)))

@@ -35,10 +35,10 @@ from treadle_checkpoints.app import CheckpointsApp
 from treadle_checkpoints.config import CheckpointsConfig
 from treadle_models import LoraSpec, load_model, peft_lora_config, target_logprobs
 from treadle_runtime.checkpoint_client import CheckpointClient
+from treadle_sampler.app import SamplerApp
 from treadle_sampler.config import SamplerConfig
 from treadle_sampler.engine import SamplingEngine
 from treadle_sampler.local_adapters import write_peft_folder
-from treadle_sampler.service import build
 from treadle_sampler.torch_engine import TorchEngine
 
 TINY = "treadle/tiny-llama"
@@ -129,7 +129,7 @@ def checkpoints(s3_server: S3Server) -> Iterator[str]:
         sweep_interval_seconds=0,
     )
     app = CheckpointsApp(config)
-    with running_server(app.setup, service="checkpoints", config=config) as address:
+    with running_server(app, service="checkpoints", config=config) as address:
         yield address
 
 
@@ -176,7 +176,7 @@ def sampler_server(
     config = dataclasses.replace(
         SamplerConfig(checkpoints=checkpoints, max_num_samples=8), **overrides
     )
-    setup, shutdown = build(config, engine=engine)
-    with running_server(setup, service="sampler", config=config, on_shutdown=shutdown) as address:
+    app = SamplerApp(config, engine=engine)
+    with running_server(app, service="sampler", config=config) as address:
         with grpc.insecure_channel(address) as channel:
             yield sampler_pb2_grpc.SamplerStub(channel)

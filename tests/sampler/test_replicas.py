@@ -11,8 +11,8 @@ from contextlib import ExitStack, contextmanager
 from fixtures.grpc_server import running_server
 from sampler.conftest import TINY, Adapter, publish
 from treadle.v1 import common_pb2
+from treadle_sampler.app import SamplerApp
 from treadle_sampler.config import SamplerConfig
-from treadle_sampler.service import build
 from treadle_sampler.torch_engine import TorchEngine
 from treadle_scheduler.sampling import SamplerPool
 
@@ -24,9 +24,9 @@ def replica(checkpoints: str) -> Iterator[str]:
     """A sampler server with an engine of its own; yields its address."""
     engine = TorchEngine(TINY, max_batch_size=4)
     config = SamplerConfig(checkpoints=checkpoints)
-    setup, shutdown = build(config, engine=engine)
     try:
-        with running_server(setup, service="sampler", config=config, on_shutdown=shutdown) as at:
+        app = SamplerApp(config, engine=engine)
+        with running_server(app, service="sampler", config=config) as at:
             yield at
     finally:
         asyncio.run(engine.close())

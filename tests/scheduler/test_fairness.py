@@ -14,7 +14,7 @@ def request(tenant: str, model: str, seq: int, tokens: int) -> Request:
     future = loop.create_future()
     loop.close()
     op = trainer_pb2.PlannedOp(op_id=f"{model}#{seq}", model_id=model)
-    return Request(model, seq, op, b"", tokens, future, tenant)
+    return Request(model_id=model, seq_id=seq, op=op, outcome=future, tenant=tenant, tokens=tokens)
 
 
 def test_backlog_does_not_crowd_out_a_small_tenant() -> None:

@@ -22,7 +22,9 @@ def request(seq: int, lr: float = 1e-3) -> Request:
     loop.close()
     op = trainer_pb2.PlannedOp(op_id=f"m#{seq}", model_id="m")
     op.optim_step.adam_params.learning_rate = lr
-    return Request("m", seq, op, payload_digest(op), 0, future, "t")
+    return Request(
+        model_id="m", seq_id=seq, op=op, outcome=future, tenant="t", digest=payload_digest(op)
+    )
 
 
 def test_requests_are_released_in_seq_order() -> None:

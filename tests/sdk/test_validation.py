@@ -25,15 +25,15 @@ def datum(length: int = 4, **inputs: object) -> types.Datum:
     [
         ([datum(weights=[1.0, 1.0])], "cross_entropy", "data[0].loss_fn_inputs.weights"),
         ([datum(target_tokens=[1.0, 2.0, 3.0, 4.0])], "cross_entropy", "target_tokens: dtype"),
-        ([datum(weights=[1.0, float("nan"), 1.0, 1.0])], "cross_entropy", "NaN or infinite"),
+        ([datum(weights=[1.0, float("nan"), 1.0, 1.0])], "cross_entropy", "weights: non-finite"),
         (
             [datum(logprobs=[0.0] * 4, advantages=[1.0, np.inf, 0.0, 0.0])],
             "ppo",
-            "advantages: contains NaN",
+            "advantages: non-finite value inf",
         ),
         ([datum(logprobs=[0.0] * 4)], "importance_sampling", "advantages: is required"),
         ([], "cross_entropy", "data: at least one"),
-        ([datum(0)], "cross_entropy", "model_input: is empty"),
+        ([datum(0)], "cross_entropy", "model_input: has no tokens"),
     ],
 )
 def test_bad_datums_are_refused(data: list[types.Datum], loss_fn: str, field: str) -> None:
@@ -51,7 +51,7 @@ def test_negative_token_ids_are_refused() -> None:
     [
         ("hinge", None, "loss_fn: unknown loss 'hinge'"),
         ("ppo", {"clip_lo": 0.8}, "loss_fn_config.clip_lo: unknown key"),
-        ("dro", {}, "loss_fn_config.beta: dro requires beta"),
+        ("dro", {}, "loss_fn_config.beta: is required by dro"),
         ("ppo", {"clip_low_threshold": float("inf")}, "must be finite"),
     ],
 )

@@ -13,15 +13,16 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from fixtures.grpc_server import running_server
+from fixtures.grpc_server import ServicersApp, running_server
 from treadle import tensors
 from treadle.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from treadle_models import load_model
 from treadle_models.lora import LoraSpec, peft_lora_config
+from treadle_trainer.app import SERVICE_NAME
 from treadle_trainer.config import TrainerConfig
 from treadle_trainer.cycle import CheckpointStore, CycleRunner
 from treadle_trainer.engine import TrainerEngine
-from treadle_trainer.service import SERVICE_NAME, TrainerServicer
+from treadle_trainer.service import TrainerServicer
 
 TINY = "treadle/tiny-llama"
 VOCAB = 49152
@@ -79,13 +80,13 @@ class Trainer:
 def serve_engine(engine: TrainerEngine, store: CheckpointStore | None = None) -> Iterator[str]:
     """A real trainer gRPC server over `engine`; yields its address."""
 
-    async def setup(server: grpc.aio.Server) -> list[str]:
+    def register(server: grpc.aio.Server) -> list[str]:
         runner = CycleRunner(engine, store)
         trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(runner), server)
         return [SERVICE_NAME]
 
-    with running_server(setup, service="trainer", config=TrainerConfig()) as address:
-        yield address
+    with running_server(ServicersApp(register), service="trainer", config=TrainerConfig()) as at:
+        yield at
 
 
 @pytest.fixture(scope="module")

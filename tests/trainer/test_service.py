@@ -16,9 +16,9 @@ from treadle.v1 import common_pb2, trainer_pb2
 from treadle_checkpoints.app import CheckpointsApp
 from treadle_checkpoints.config import CheckpointsConfig
 from treadle_runtime.checkpoint_client import CheckpointClient
+from treadle_trainer.app import TrainerApp
 from treadle_trainer.config import TrainerConfig
 from treadle_trainer.engine import TrainerEngine
-from treadle_trainer.service import TrainerApp
 
 from .conftest import MAX_SEQ_LEN, TINY, CycleClient, create, datum, forward_backward, optim_step
 
@@ -35,7 +35,7 @@ def checkpoints(s3_server: S3Server) -> Iterator[str]:
         sweep_interval_seconds=0,
     )
     app = CheckpointsApp(config)
-    with running_server(app.setup, service="checkpoints", config=config) as address:
+    with running_server(app, service="checkpoints", config=config) as address:
         yield address
 
 
@@ -51,7 +51,7 @@ def _trainer(
         peak_flops=peak_flops,  # 0 measures it at startup (1e11 saves the second it takes)
     )
     app = TrainerApp(config)
-    with running_server(app.setup, service="trainer", config=config) as address:
+    with running_server(app, service="trainer", config=config) as address:
         client = CycleClient(address)
         try:
             yield client, app

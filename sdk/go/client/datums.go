@@ -88,18 +88,10 @@ func DatumLogprobs(out *treadlev1.ForwardBackwardOutput) ([][]float32, error) {
 	return logprobs, nil
 }
 
-// lossInputs are the loss_fn_inputs each loss needs.
-var lossInputs = map[string][]string{
-	"cross_entropy":       {"target_tokens"},
-	"importance_sampling": {"target_tokens", "logprobs", "advantages"},
-	"ppo":                 {"target_tokens", "logprobs", "advantages"},
-	"cispo":               {"target_tokens", "logprobs", "advantages"},
-	"dro":                 {"target_tokens", "logprobs", "advantages"},
-}
-
 // checkData refuses, as the server would and naming the same field, a batch the loss cannot
-// use: an unknown loss, an empty batch or input, a missing input, or an input whose dtype,
-// length or values are wrong.
+// use: an unknown loss, an empty batch or input, a missing or unknown input, or an input whose
+// dtype, length or values are wrong. The loss table is the Python contract's, generated into
+// losses_gen.go.
 func checkData(data []*treadlev1.Datum, lossFn string) error {
 	required, known := lossInputs[lossFn]
 	if !known {
@@ -137,11 +129,15 @@ func checkData(data []*treadlev1.Datum, lossFn string) error {
 }
 
 func checkInput(field, name string, tensor *treadlev1.Tensor, length int) error {
+	dtype, known := inputDTypes[name]
+	if !known {
+		return invalid(field, "unknown input")
+	}
 	if len(tensor.GetShape()) != 1 || tensor.GetShape()[0] != int64(length) {
 		return invalid(field, "shape %v does not match model_input length %d",
 			tensor.GetShape(), length)
 	}
-	if name == "target_tokens" {
+	if dtype == "int64" {
 		if _, err := Int64s(tensor); err != nil {
 			return invalid(field, "%v", err)
 		}

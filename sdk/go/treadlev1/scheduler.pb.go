@@ -1064,7 +1064,7 @@ type Capabilities struct {
 	Models []*ModelCapability `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
 	// Maximum datums per forward_backward.
 	MaxBatchDatums int32 `protobuf:"varint,2,opt,name=max_batch_datums,json=maxBatchDatums,proto3" json:"max_batch_datums,omitempty"`
-	// Loss functions accepted.
+	// Loss functions accepted: those the connected trainers run (each model lists its own).
 	LossFns []string `protobuf:"bytes,3,rep,name=loss_fns,json=lossFns,proto3" json:"loss_fns,omitempty"`
 }
 

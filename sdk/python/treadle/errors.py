@@ -28,7 +28,20 @@ class RequestFailedError(TreadleError):
 
 
 class ValidationError(TreadleError, ValueError):
-    """Bad input caught in the client before any request was sent."""
+    """Bad input, caught before it could do harm; `field` names the offending input.
+
+    The SDK raises it before a request is sent; the services raise the same error from the same
+    checks (treadle.contract) and answer it as INVALID_ARGUMENT naming the field.
+    """
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def bad_field(field: str, message: str) -> ValidationError:
+    """A ValidationError for `field`, whose message starts with the field's path."""
+    return ValidationError(f"{field}: {message}", field)
 
 
 APIError = RequestFailedError  # Tinker's name

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal
 import grpc
 
 from treadle import wire
+from treadle.contract.transport import message_options
 from treadle.errors import RequestFailedError, ValidationError
 from treadle.futures import APIFuture
 from treadle.paths import parse_path
-from treadle.session import MAX_MESSAGE_BYTES
 from treadle.types import Checkpoint
 from treadle.v1 import checkpoints_pb2, common_pb2, scheduler_pb2_grpc
 
@@ -208,8 +208,7 @@ class RestClient:
     def archive_chunks(self, path: str) -> Iterator[checkpoints_pb2.DataChunk]:
         """The checkpoint's tar archive as it streams (the first chunk carries total_bytes)."""
         connection = self.service.connection
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        with grpc.insecure_channel(connection.target, options=options) as channel:
+        with grpc.insecure_channel(connection.target, options=message_options()) as channel:
             stub = scheduler_pb2_grpc.TreadleStub(channel)
             request = checkpoints_pb2.ExportCheckpointRequest(path=path)
             try:

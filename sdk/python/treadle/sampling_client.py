@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from treadle import wire
+from treadle.contract import sampling
+from treadle.contract.tokens import check_tokens
 from treadle.errors import RequestFailedError, ValidationError
 from treadle.futures import APIFuture
 from treadle.types import ModelInput, SampleResponse, SamplingParams
@@ -44,9 +46,9 @@ class SamplingClient:
         return version
 
     def _prompt(self, prompt: ModelInput) -> common_pb2.ModelInput:
-        if prompt.length == 0:
-            raise ValidationError("prompt: at least one token is required")
-        return wire.model_input_to_proto(prompt, "prompt")
+        message = wire.model_input_to_proto(prompt, "prompt")
+        check_tokens("prompt", [t for c in message.chunks for t in c.encoded_text.tokens])
+        return message
 
     def sample(
         self,
@@ -57,8 +59,7 @@ class SamplingClient:
         topk_prompt_logprobs: int = 0,
     ) -> APIFuture[SampleResponse]:
         """Sample `num_samples` completions of `prompt`."""
-        if num_samples <= 0:
-            raise ValidationError(f"num_samples: must be > 0, got {num_samples}")
+        sampling.check_num_samples(num_samples)
         if topk_prompt_logprobs:
             raise ValidationError(
                 "topk_prompt_logprobs: not supported; use include_prompt_logprobs"

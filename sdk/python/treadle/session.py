@@ -22,14 +22,14 @@ from typing import Any, TypeVar
 import grpc
 
 from treadle import __version__
-from treadle.errors import Category, RequestFailedError, ValidationError
+from treadle.contract import transport
+from treadle.errors import Category, RequestFailedError
 from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CATEGORIES: dict[int, Category] = {1: "user", 2: "server"}
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-MIN_PING_SECONDS = 5  # the services accept a client's pings this often (treadle_runtime.server)
 # what gRPC's core reports, as INTERNAL, when a message is written on a connection that has just
 # died: a local transport failure, not an error sent by the scheduler
 LOCAL_TRANSPORT_FAILURE = "Internal error from Core"
@@ -41,9 +41,6 @@ def _transient(exc: grpc.aio.AioRpcError) -> bool:
     return code in RETRYABLE or (
         code == grpc.StatusCode.INTERNAL and (exc.details() or "") == LOCAL_TRANSPORT_FAILURE
     )
-
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def failure(detail: Any) -> RequestFailedError:
@@ -70,17 +67,11 @@ class Connection:
         keepalive_seconds: float = 20.0,
         keepalive_timeout: float = 10.0,
     ) -> None:
-        if keepalive_seconds < MIN_PING_SECONDS:
-            raise ValidationError(
-                f"keepalive_seconds: must be >= {MIN_PING_SECONDS} (the scheduler refuses faster "
-                f"pings), got {keepalive_seconds}"
-            )
-        if keepalive_timeout <= 0:
-            raise ValidationError(f"keepalive_timeout: must be > 0, got {keepalive_timeout}")
+        # refused here, naming the field, rather than by the scheduler's first ping
+        self.channel_options = transport.channel_options(keepalive_seconds, keepalive_timeout)
         self.target = target
         self.metadata = (("x-api-key", api_key),)
         self.heartbeat_seconds = heartbeat_seconds
-        self.keepalive = (keepalive_seconds, keepalive_timeout)
         self.reconnect_attempts = reconnect_attempts
         self.session_id = ""
         self._ids = itertools.count(1)
@@ -160,22 +151,9 @@ class Connection:
 
     # ------------------------------------------------------------------ loop side
     async def _start(self) -> None:
-        every, timeout = self.keepalive
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # A connection that died silently (no reset: a dropped route, a frozen peer) is
-            # noticed within every + timeout: the stream fails UNAVAILABLE and reconnects on a
-            # fresh connection. gRPC core enforces the ping timeout; the keepalive timeout alone
-            # closes nothing. The services' own links do the same (treadle_runtime.server
-            # keepalive_options; the SDK does not import the services' code).
-            ("grpc.keepalive_time_ms", int(every * 1000)),
-            ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
-            ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-        self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        # a connection that died silently (no reset: a dropped route, a frozen peer) is noticed
+        # by keepalive: the stream fails UNAVAILABLE and reconnects on a fresh connection
+        self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options)
         stub = scheduler_pb2_grpc.TreadleStub(self._channel)
         try:  # a unary call first: a wrong key or address fails here, plainly
             await stub.GetCapabilities(

@@ -76,9 +76,9 @@ class TrainingClient:
         loss_fn_config: dict[str, float] | None,
         forward_only: bool,
     ) -> common_pb2.ForwardBackwardRequest:
-        config = wire.check_loss(loss_fn, loss_fn_config)
+        loss, config = wire.check_loss(loss_fn, loss_fn_config, forward_only)
         return common_pb2.ForwardBackwardRequest(
-            data=wire.datums_to_proto(data, loss_fn),
+            data=wire.datums_to_proto(data, loss.name),
             loss_fn=loss_fn,
             loss_fn_config=config,
             forward_only=forward_only,

@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from treadle.contract.losses import LossName
+from treadle.contract.optim import ADAM_DEFAULTS
 from treadle.tensors import to_numpy_array
 
 DType = Literal["int64", "float32"]
 StopReason = Literal["stop", "length"]
-LossFnType = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"]
+LossFnType = LossName  # Tinker's name
 
 
 @dataclass
@@ -136,12 +138,12 @@ class LoraConfig:
 class AdamParams:
     """Adam(W) parameters of one optim_step (Tinker's defaults)."""
 
-    learning_rate: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-12
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0
+    learning_rate: float = ADAM_DEFAULTS["learning_rate"]
+    beta1: float = ADAM_DEFAULTS["beta1"]
+    beta2: float = ADAM_DEFAULTS["beta2"]
+    eps: float = ADAM_DEFAULTS["eps"]
+    weight_decay: float = ADAM_DEFAULTS["weight_decay"]  # decoupled (AdamW)
+    grad_clip_norm: float = ADAM_DEFAULTS["grad_clip_norm"]  # 0 = off
 
 
 @dataclass

@@ -1,20 +1,22 @@
 """Conversion between the SDK's types and the protobuf messages, with client-side checks.
 
-Inputs are checked here, before any request is sent: a datum whose loss inputs do not match its
-length, a wrong dtype, a non-finite value or an unknown loss name raises ValidationError naming
-the field, exactly as the server would, without a round trip.
+Inputs are checked here, before any request is sent, with the checks the services run on what
+arrives (treadle.contract): a datum whose loss inputs do not match its length, a wrong dtype, a
+non-finite value, an unknown loss or config key raises ValidationError naming the field, as the
+server would, without a round trip. What only the server knows (the model's vocabulary and
+context length) is left to it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from treadle import tensors
-from treadle.errors import ValidationError
+from treadle.contract import losses, sampling
+from treadle.contract.optim import check_adam
+from treadle.contract.tokens import check_tokens
+from treadle.errors import bad_field
 from treadle.types import (
     AdamParams,
     Checkpoint,
@@ -29,17 +31,6 @@ from treadle.types import (
 )
 from treadle.v1 import common_pb2
 
-LOSS_FNS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
-LOSS_INPUTS = {
-    "cross_entropy": ("target_tokens",),
-    "importance_sampling": ("target_tokens", "logprobs", "advantages"),
-    "ppo": ("target_tokens", "logprobs", "advantages"),
-    "cispo": ("target_tokens", "logprobs", "advantages"),
-    "dro": ("target_tokens", "logprobs", "advantages"),
-}
-INT_INPUTS = ("target_tokens",)
-LOSS_CONFIG_KEYS = ("clip_low_threshold", "clip_high_threshold", "beta")
-
 
 def model_input_to_proto(
     model_input: ModelInput, field: str = "model_input"
@@ -47,75 +38,51 @@ def model_input_to_proto(
     """ModelInput as a message; token ids must be non-negative integers."""
     message = common_pb2.ModelInput()
     for i, chunk in enumerate(model_input.chunks):
+        tokens_field = f"{field}.chunks[{i}]"
         tokens = [int(t) for t in chunk.tokens]
-        if any(t < 0 for t in tokens):
-            raise ValidationError(f"{field}.chunks[{i}]: token ids must be >= 0")
+        check_tokens(tokens_field, tokens, allow_empty=True)
         message.chunks.add().encoded_text.tokens.extend(tokens)
     return message
 
 
-def _check_tensor(name: str, data: TensorData, length: int) -> np.ndarray:
-    array = data.to_numpy()
-    if array.ndim != 1 or array.shape[0] != length:
-        raise ValidationError(
-            f"{name}: shape {list(array.shape)} does not match model_input length {length}"
-        )
-    wanted = "int64" if name.rsplit(".", 1)[-1] in INT_INPUTS else "float32"
-    if data.dtype != wanted:
-        raise ValidationError(f"{name}: dtype must be {wanted}, got {data.dtype}")
-    if wanted == "float32" and not np.all(np.isfinite(array)):
-        raise ValidationError(f"{name}: contains NaN or infinite values")
-    return array
-
-
 def datums_to_proto(data: Sequence[Datum], loss_fn: str | None) -> list[common_pb2.Datum]:
-    """Datums as messages, checked against the loss's required inputs."""
+    """Datums as messages, each checked against the inputs of loss `loss_fn` (None: a forward's
+    cross_entropy) by the contract's rules (treadle.contract.losses)."""
+    loss = losses.loss_for(loss_fn or "", forward_only=not loss_fn)
     if not data:
-        raise ValidationError("data: at least one datum is required")
+        raise bad_field("data", "at least one datum is required")
     messages = []
     for i, datum in enumerate(data):
         if not isinstance(datum, Datum):
-            raise ValidationError(f"data[{i}]: expected a Datum, got {type(datum).__name__}")
+            raise bad_field(f"data[{i}]", f"expected a Datum, got {type(datum).__name__}")
         length = datum.model_input.length
         if length == 0:
-            raise ValidationError(f"data[{i}].model_input: is empty")
+            raise bad_field(f"data[{i}].model_input", "has no tokens")
         message = common_pb2.Datum(
             model_input=model_input_to_proto(datum.model_input, f"data[{i}].model_input")
         )
-        for name in LOSS_INPUTS.get(loss_fn or "", ("target_tokens",)):
-            if name not in datum.loss_fn_inputs:
-                raise ValidationError(f"data[{i}].loss_fn_inputs.{name}: is required by {loss_fn}")
-        for name, value in datum.loss_fn_inputs.items():
-            array = _check_tensor(f"data[{i}].loss_fn_inputs.{name}", value, length)
+        losses.check_required_inputs(f"data[{i}]", loss, datum.loss_fn_inputs)
+        for name in sorted(datum.loss_fn_inputs):  # in the order the services check them
+            path = f"data[{i}].loss_fn_inputs.{name}"
+            value = datum.loss_fn_inputs[name]
+            array = losses.check_input(path, name, value.to_numpy(), length)
             message.loss_fn_inputs[name].CopyFrom(tensors.encode(array))
         messages.append(message)
     return messages
 
 
-def check_loss(loss_fn: str, config: dict[str, float] | None) -> dict[str, float]:
-    """Validate a loss name and its config; returns the config as floats."""
-    if loss_fn not in LOSS_FNS:
-        raise ValidationError(f"loss_fn: unknown loss {loss_fn!r}; one of {LOSS_FNS}")
-    config = dict(config or {})
-    for key, value in config.items():
-        if key not in LOSS_CONFIG_KEYS:
-            raise ValidationError(f"loss_fn_config.{key}: unknown key; one of {LOSS_CONFIG_KEYS}")
-        if not math.isfinite(float(value)):
-            raise ValidationError(f"loss_fn_config.{key}: must be finite")
-    if loss_fn == "dro" and "beta" not in config:
-        raise ValidationError("loss_fn_config.beta: dro requires beta")
-    return {k: float(v) for k, v in config.items()}
+def check_loss(
+    loss_fn: str, config: dict[str, float] | None, forward_only: bool = False
+) -> tuple[losses.Loss, dict[str, float]]:
+    """The loss named `loss_fn` and its whole config (defaults filled in), checked as the
+    scheduler and the trainer check them."""
+    loss = losses.loss_for(loss_fn, forward_only)
+    return loss, losses.resolve_config(loss, config)
 
 
 def adam_to_proto(params: AdamParams) -> common_pb2.AdamParams:
     """AdamParams as a message (all fields set explicitly)."""
-    values = vars(params)
-    for name, value in values.items():
-        if not math.isfinite(float(value)):
-            raise ValidationError(f"adam_params.{name}: must be finite")
-    if params.learning_rate < 0:
-        raise ValidationError("adam_params.learning_rate: must be >= 0")
-    return common_pb2.AdamParams(**{k: float(v) for k, v in values.items()})
+    return common_pb2.AdamParams(**check_adam(vars(params)))
 
 
 def lora_to_proto(config: LoraConfig) -> common_pb2.LoraConfig:
@@ -133,14 +100,8 @@ def lora_to_proto(config: LoraConfig) -> common_pb2.LoraConfig:
 
 def sampling_params_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
     """SamplingParams as a message; `stop` as strings or token ids."""
-    if params.max_tokens is None or params.max_tokens <= 0:
-        raise ValidationError(f"sampling_params.max_tokens: must be > 0, got {params.max_tokens}")
-    if params.temperature < 0:
-        raise ValidationError("sampling_params.temperature: must be >= 0")
-    if not 0 < params.top_p <= 1:
-        raise ValidationError("sampling_params.top_p: must be in (0, 1]")
     message = common_pb2.SamplingParams(
-        max_tokens=params.max_tokens,
+        max_tokens=max(params.max_tokens or 0, 0),
         temperature=params.temperature,
         top_k=params.top_k,
         top_p=params.top_p,
@@ -156,6 +117,10 @@ def sampling_params_to_proto(params: SamplingParams) -> common_pb2.SamplingParam
                 message.stop_strings.append(item)
             else:
                 message.stop_token_ids.append(int(item))
+    sampling.check_params(
+        params.max_tokens, params.temperature, params.top_p, list(message.stop_strings)
+    )
+    check_tokens("sampling_params.stop_token_ids", list(message.stop_token_ids), allow_empty=True)
     return message
 
 

@@ -12,15 +12,14 @@ from treadle_checkpoints.app import CheckpointsApp
 from treadle_checkpoints.config import CheckpointsConfig
 from treadle_runtime.config import load_config_or_exit
 from treadle_runtime.memory import keep_freed_memory
-from treadle_runtime.server import run_server
+from treadle_runtime.server import run_app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the checkpoints service until SIGTERM/SIGINT."""
     config = load_config_or_exit(CheckpointsConfig, service="checkpoints", argv=argv)
     keep_freed_memory(256 << 20)
-    app = CheckpointsApp(config)
-    run_server(config, "checkpoints", app.setup, on_shutdown=app.close)
+    run_app("checkpoints", config, CheckpointsApp)
 
 
 if __name__ == "__main__":

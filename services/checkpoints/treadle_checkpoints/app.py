@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import grpc
 
@@ -25,10 +26,11 @@ SERVICE_NAME = "treadle.v1.Checkpoints"
 
 
 class CheckpointsApp:
-    """`setup` for treadle_runtime.server.serve, and `close` for its shutdown hook."""
+    """The checkpoints service as a treadle_runtime.server.App."""
 
     def __init__(self, config: CheckpointsConfig) -> None:
         self.config = config
+        self.interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
         self.store = S3Store.from_config(config)
         self.sweeper = ExpirySweeper(self.store, orphan_grace_seconds=config.orphan_grace_seconds)
         self.loop: asyncio.AbstractEventLoop | None = None

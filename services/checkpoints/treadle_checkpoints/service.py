@@ -5,21 +5,20 @@ and a missing one give the same NOT_FOUND. A checkpoint is visible exactly while
 exists and has not expired. Put streams each file into its own object under a fresh generation
 and commits by writing the manifest last; Get and Export verify every byte against the manifest's
 sha256 and never mark a file complete (`last`) before it has passed. Their file pieces go out as
-wire bytes written directly (treadle_runtime.chunk_wire), not as messages that protobuf would
-copy twice to build and serialize (about 1 ms per MB): `add_to_server` registers the generated
-handlers with serializers that pass bytes through.
+wire bytes written directly (treadle_runtime.wire_bytes), not as messages that protobuf would
+copy twice to build and serialize (as costly as the hop itself): `add_to_server` registers the
+generated handlers with serializers that pass bytes through.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -31,66 +30,15 @@ from treadle_checkpoints.manifest import FileEntry, Manifest, checkpoint_digest
 from treadle_checkpoints.receive import discard, receive_files, stop_when_refused
 from treadle_checkpoints.s3_store import ObjectMissing, S3Store
 from treadle_runtime.checkpoint_client import piece_bytes
-from treadle_runtime.chunk_wire import chunk_message, data_chunk_message
-from treadle_runtime.errors import OpError, invalid
+from treadle_runtime.errors import OpError, invalid, rpc, streaming_rpc
+from treadle_runtime.wire_bytes import chunk_message, data_chunk_message
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
 _KIND_OF = {
     "state": common_pb2.CHECKPOINT_KIND_STATE,
     "sampler": common_pb2.CHECKPOINT_KIND_SAMPLER,
 }
-
-
-def _unary(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Answer an OpError as its gRPC status; count every outcome."""
-
-    @functools.wraps(method)
-    async def handler(self: CheckpointsServicer, request: Any, context: Any) -> R:
-        code = grpc.StatusCode.OK
-        try:
-            return await method(self, request, context)
-        except OpError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("request failed", extra={"method": method.__name__})
-            await context.abort(code, f"internal error in {method.__name__}")
-            raise
-        finally:
-            metrics.REQUESTS.labels(method.__name__, code.name).inc()
-
-    return handler
-
-
-def _streaming(
-    method: Callable[..., AsyncGenerator[R, None]],
-) -> Callable[..., AsyncGenerator[R, None]]:
-    """`_unary` for server-streaming handlers."""
-
-    @functools.wraps(method)
-    async def handler(
-        self: CheckpointsServicer, request: Any, context: Any
-    ) -> AsyncGenerator[R, None]:
-        code = grpc.StatusCode.OK
-        try:
-            async with aclosing(method(self, request, context)) as items:
-                async for item in items:
-                    yield item
-        except OpError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("request failed", extra={"method": method.__name__})
-            await context.abort(code, f"internal error in {method.__name__}")
-        finally:
-            metrics.REQUESTS.labels(method.__name__, code.name).inc()
-
-    return handler
 
 
 def _tenant(value: str) -> str:
@@ -149,7 +97,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
 
     # Put
 
-    @_unary
+    @rpc(metrics.REQUESTS)
     async def Put(
         self, request_iterator: AsyncIterator[checkpoints_pb2.PutRequest], context: Any
     ) -> common_pb2.CheckpointInfo:
@@ -273,7 +221,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
             )
         raise OpError(grpc.StatusCode.DATA_LOSS, f"object {key} of {asked} is missing")
 
-    @_streaming
+    @streaming_rpc(metrics.REQUESTS)
     async def Get(  # type: ignore[override]  # file pieces are wire bytes (add_to_server)
         self, request: checkpoints_pb2.GetCheckpointRequest, context: Any
     ) -> AsyncGenerator[checkpoints_pb2.GetCheckpointResponse | bytes, None]:
@@ -289,7 +237,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
                     yield chunk_message(entry.name, data, last)
         metrics.LOAD_SECONDS.observe(time.monotonic() - started)
 
-    @_streaming
+    @streaming_rpc(metrics.REQUESTS)
     async def Export(  # type: ignore[override]  # file pieces are wire bytes (add_to_server)
         self, request: checkpoints_pb2.ExportCheckpointRequest, context: Any
     ) -> AsyncGenerator[checkpoints_pb2.DataChunk | bytes, None]:
@@ -319,7 +267,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
 
     # List, Delete, SetTtl
 
-    @_unary
+    @rpc(metrics.REQUESTS)
     async def List(
         self, request: checkpoints_pb2.ListCheckpointsRequest, context: Any
     ) -> checkpoints_pb2.ListCheckpointsResponse:
@@ -339,7 +287,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         )
         return checkpoints_pb2.ListCheckpointsResponse(checkpoints=infos, next_page_token=token)
 
-    @_unary
+    @rpc(metrics.REQUESTS)
     async def Delete(
         self, request: checkpoints_pb2.DeleteCheckpointsRequest, context: Any
     ) -> checkpoints_pb2.DeleteCheckpointsResponse:
@@ -370,7 +318,7 @@ class CheckpointsServicer(checkpoints_pb2_grpc.CheckpointsServicer):
         log.info("deleted", extra={"tenant": tenant, "paths": ",".join(deleted)})
         return checkpoints_pb2.DeleteCheckpointsResponse(deleted=sorted(deleted))
 
-    @_unary
+    @rpc(metrics.REQUESTS)
     async def SetTtl(
         self, request: checkpoints_pb2.SetTtlRequest, context: Any
     ) -> common_pb2.CheckpointInfo:

@@ -30,11 +30,11 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from treadle_models.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from treadle_models.devices import DTYPES
 from treadle_models.lora import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES
 from treadle_models.sources import load_model, load_tokenizer
 
 SERVING_MODULES = frozenset((*ATTN_MODULES, *MLP_MODULES, *UNEMBED_MODULES))
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _KEY = re.compile(
     r"^base_model\.model\.((?:[A-Za-z0-9_]+\.)*([A-Za-z0-9_]+))\.lora_([AB])\.weight$"
 )

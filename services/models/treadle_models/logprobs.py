@@ -1,10 +1,11 @@
-"""The one logprob computation that trainer and sampler both use, so that they agree.
+"""Target logprobs from full logits: the sampler's computation, and the reference for the trainer.
 
     logprob[b, t] = log_softmax(logits[b, t])[target[b, t]]
 
 computed in float32 whatever the model's dtype, as a per-token cross entropy with
 reduction="none" over the whole batch (slicing logits per row would make backward zero-fill a full
-gradient per slice).
+gradient per slice). The trainer computes the same formula in its chunked head sweep
+(treadle_trainer/head.py), which never holds the full logits; tests check the two agree.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ piece_bytes), so a checkpoint of any size passes the gRPC message limit. A recei
 written into one growing buffer whose bytes are returned without a final copy
 (io.BytesIO.getvalue), rather than kept as a list of chunks and joined: the chunks' memory is
 reused message after message, and the only large allocation is the file itself. Sent chunks are
-written as wire bytes directly (chunk_wire.py): building and serializing a chunk message copies
-its data twice, about 1 ms per MB here, which is as much as the whole hop. The channel is
+written as wire bytes directly (wire_bytes.py): building and serializing a chunk message copies
+its data twice, which costs as much as the whole hop (docs/benchmarks.md). The channel is
 opened lazily inside the running event loop (grpc.aio channels belong to one loop; a client first
 used on another loop opens a fresh one). A failed call raises
 OpError with the service's status code and message unchanged.
@@ -20,17 +20,16 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from treadle.contract.transport import channel_options
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
-from treadle_runtime.chunk_wire import chunk_message
 from treadle_runtime.errors import OpError
-from treadle_runtime.server import channel_options
+from treadle_runtime.wire_bytes import chunk_message
 
 
 def piece_bytes(size: int, chunk_bytes: int) -> int:
     """Chunk size for streaming a file of `size` bytes: a quarter of the file, at least 64 KiB
     and at most `chunk_bytes`. A small file in a few pieces arrives sooner than in one message,
-    which HTTP/2 flow control holds until its window has grown (a 1 MB file on loopback: 4 ms
-    instead of 7)."""
+    which HTTP/2 flow control holds until its window has grown (docs/benchmarks.md)."""
     return max(min(chunk_bytes, size // 4), min(chunk_bytes, 64 << 10))
 
 

@@ -1,15 +1,33 @@
-"""The one error type services raise for a failed request, and its wire form.
+"""The one error type services raise for a failed request, and the one mapping to gRPC statuses.
 
 An `OpError` carries a gRPC status code, a message and the path of the offending field; it fails
 only the request it belongs to. Its category follows from the code: argument, lookup and
 permission errors are the user's, everything else the server's.
+
+`as_op_error` is how every service turns whatever a request raised into its status: an OpError
+as it is, a contract check's ValidationError (treadle.contract) as INVALID_ARGUMENT naming its
+field, a peer's gRPC status passed on, a timeout as DEADLINE_EXCEEDED, anything else as INTERNAL
+(logged with its traceback; the client sees only a short message). `rpc` and `streaming_rpc`
+wrap a servicer's handlers with it.
 """
 
 from __future__ import annotations
 
-import grpc
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
+import grpc
+from prometheus_client import Counter
+
+from treadle.errors import ValidationError
 from treadle.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 USER_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -41,6 +59,93 @@ class OpError(Exception):
 def invalid(field: str, message: str) -> OpError:
     """INVALID_ARGUMENT naming `field` at the start of the message."""
     return OpError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field)
+
+
+def as_op_error(exc: BaseException, where: str = "request") -> OpError:
+    """The OpError a request that raised `exc` ends with (`where` names the failed step in the
+    message of an unexpected error, which is logged with its traceback)."""
+    if isinstance(exc, OpError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return OpError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), exc.field)
+    if isinstance(exc, grpc.aio.AioRpcError):  # a peer's answer, passed on as it came
+        return OpError(exc.code(), exc.details() or f"{where}: {exc.code().name}")
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return OpError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{where} timed out")
+    log.error("request failed", extra={"where": where}, exc_info=exc)
+    return OpError(grpc.StatusCode.INTERNAL, f"{where} failed: {exc}")
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, where: str) -> NoReturn:
+    """End the call with the status `exc` maps to."""
+    error = as_op_error(exc, where)
+    await context.abort(error.code, error.message)
+    raise AssertionError("unreachable: abort raises")
+
+
+def rpc(
+    requests: Counter | None = None,
+) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """Decorate a unary handler: whatever it raises ends the call with its mapped status, and
+    `requests` (labels method, code), when given, counts every outcome."""
+
+    def wrap(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(method)
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                await _end(context, exc, method.__name__)
+                raise
+            finally:
+                _count(requests, method.__name__, context)
+
+        return handler
+
+    return wrap
+
+
+def streaming_rpc(
+    requests: Counter | None = None,
+) -> Callable[[Callable[..., AsyncIterator[R]]], Callable[..., AsyncIterator[R]]]:
+    """`rpc` for server-streaming handlers (the handler's generator is closed when the call
+    ends, whichever way)."""
+
+    def wrap(method: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+        @functools.wraps(method)
+        async def handler(
+            self: Any, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[R]:
+            items = method(self, request, context)
+            try:
+                async for item in items:
+                    yield item
+            except Exception as exc:
+                await _end(context, exc, method.__name__)
+                raise
+            finally:
+                close = getattr(items, "aclose", None)
+                if close is not None:
+                    await close()
+                _count(requests, method.__name__, context)
+
+        return handler
+
+    return wrap
+
+
+async def _end(context: grpc.aio.ServicerContext, exc: Exception, where: str) -> None:
+    """Abort the call with `exc`'s status, unless `exc` is the handler's own abort."""
+    if not isinstance(exc, grpc.aio.AbortError):
+        await abort(context, exc, where)
+
+
+def _count(requests: Counter | None, method: str, context: grpc.aio.ServicerContext) -> None:
+    """Count a finished call by its status code (OK unless it was aborted)."""
+    if requests is not None:
+        code: Any = context.code() or grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        requests.labels(method, name).inc()
 
 
 MAX_MESSAGE_CHARS = 2000  # error text travels in gRPC metadata too, which has a hard size limit

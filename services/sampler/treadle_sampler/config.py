@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from treadle_models import devices
 from treadle_runtime.server import ServerConfig
 
 ENGINES = ("torch", "sglang")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *devices.DTYPES)
 
 
 @dataclass
@@ -65,8 +65,8 @@ class SamplerConfig(ServerConfig):
         super().validate()
         if self.engine not in ENGINES:
             raise ValueError(f"engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.device not in devices.DEVICES:
+            raise ValueError(f"device: {self.device!r} is not one of {', '.join(devices.DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.sglang_url and not self.sglang_url.startswith(("http://", "https://")):

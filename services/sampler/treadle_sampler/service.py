@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 import grpc
 
 from treadle.v1 import common_pb2, sampler_pb2, sampler_pb2_grpc
-from treadle_runtime.errors import OpError
+from treadle_runtime.capability import model_capability
+from treadle_runtime.errors import rpc, streaming_rpc
 from treadle_sampler import metrics
-from treadle_sampler.adapters import AdapterCache, AdapterSource
-from treadle_sampler.config import SamplerConfig
-from treadle_sampler.engine import Completion, SamplingEngine, make_engine
-from treadle_sampler.local_adapters import AdapterFolders
+from treadle_sampler.adapters import AdapterCache
+from treadle_sampler.engine import Completion, SamplingEngine
 from treadle_sampler.validation import logprobs_call, sample_call
 
 log = logging.getLogger(__name__)
@@ -38,76 +37,56 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         self.adapters = adapters
         self.max_num_samples = max_num_samples
 
+    @streaming_rpc(metrics.REQUESTS)
     async def Sample(
         self, request: sampler_pb2.SamplerSampleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[sampler_pb2.SamplerSampleEvent]:
         """Stream each finished sequence, then the prompt logprobs and weights version."""
-        code = grpc.StatusCode.OK
-        try:
-            spec = self.engine.spec
-            call = sample_call(request.request, request.tenant, spec, self.max_num_samples)
-            done = common_pb2.SampleResponse(weights_version=call.path or spec.name)
-            async with self._weights(request.tenant, call.path) as adapter:
-                prompt_logprobs = None
-                if call.include_prompt_logprobs:
-                    work = self.engine.compute_logprobs(adapter, call.prompt)
-                    prompt_logprobs = asyncio.ensure_future(work)
-                try:
-                    completions = self.engine.sample(
-                        adapter, call.prompt, call.num_samples, call.options
+        spec = self.engine.spec
+        call = sample_call(request.request, request.tenant, spec, self.max_num_samples)
+        done = common_pb2.SampleResponse(weights_version=call.path or spec.name)
+        async with self._weights(request.tenant, call.path) as adapter:
+            prompt_logprobs = None
+            if call.include_prompt_logprobs:
+                work = self.engine.compute_logprobs(adapter, call.prompt)
+                prompt_logprobs = asyncio.ensure_future(work)
+            try:
+                completions = self.engine.sample(
+                    adapter, call.prompt, call.num_samples, call.options
+                )
+                async for index, completion in completions:
+                    sequence = sampler_pb2.IndexedSequence(
+                        index=index, sequence=_sequence(completion)
                     )
-                    async for index, completion in completions:
-                        sequence = sampler_pb2.IndexedSequence(
-                            index=index, sequence=_sequence(completion)
-                        )
-                        yield sampler_pb2.SamplerSampleEvent(sequence=sequence)
-                    if prompt_logprobs is not None:
-                        done.prompt_logprobs.extend(await prompt_logprobs)
-                finally:
-                    if prompt_logprobs is not None and not prompt_logprobs.done():
-                        prompt_logprobs.cancel()
-            yield sampler_pb2.SamplerSampleEvent(done=done)
-        except Exception as exc:
-            code, message = _failure(exc, "Sample")
-            await context.abort(code, message)
-        finally:
-            metrics.REQUESTS.labels("Sample", code.name).inc()
+                    yield sampler_pb2.SamplerSampleEvent(sequence=sequence)
+                if prompt_logprobs is not None:
+                    done.prompt_logprobs.extend(await prompt_logprobs)
+            finally:
+                if prompt_logprobs is not None and not prompt_logprobs.done():
+                    prompt_logprobs.cancel()
+        yield sampler_pb2.SamplerSampleEvent(done=done)
 
+    @rpc(metrics.REQUESTS)
     async def ComputeLogprobs(
         self, request: sampler_pb2.SamplerComputeLogprobsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ComputeLogprobsResponse:
         """Logprobs of tokens 1..T-1 given their prefix."""
-        code = grpc.StatusCode.OK
-        try:
-            spec = self.engine.spec
-            path, tokens = logprobs_call(request.request, request.tenant, spec)
-            async with self._weights(request.tenant, path) as adapter:
-                logprobs = await self.engine.compute_logprobs(adapter, tokens)
-            return common_pb2.ComputeLogprobsResponse(
-                logprobs=logprobs, weights_version=path or spec.name
-            )
-        except Exception as exc:
-            code, message = _failure(exc, "ComputeLogprobs")
-            await context.abort(code, message)
-            raise  # unreachable: abort raises
-        finally:
-            metrics.REQUESTS.labels("ComputeLogprobs", code.name).inc()
+        spec = self.engine.spec
+        path, tokens = logprobs_call(request.request, request.tenant, spec)
+        async with self._weights(request.tenant, path) as adapter:
+            logprobs = await self.engine.compute_logprobs(adapter, tokens)
+        return common_pb2.ComputeLogprobsResponse(
+            logprobs=logprobs, weights_version=path or spec.name
+        )
 
     async def GetSamplerInfo(
         self, request: sampler_pb2.GetSamplerInfoRequest, context: grpc.aio.ServicerContext
     ) -> sampler_pb2.SamplerInfo:
         """The base model served, the adapters loaded, and the engine."""
-        spec = self.engine.spec
-        model = common_pb2.ModelCapability(
-            name=spec.name,
-            vocab_size=spec.vocab_size,
-            max_seq_len=spec.max_seq_len,
-            supported_ranks=list(spec.supported_ranks),
-            architecture=spec.architecture,
-            tokenizer_id=spec.tokenizer_id,
-        )
         return sampler_pb2.SamplerInfo(
-            models=[model], cached_adapters=self.adapters.paths(), engine=self.engine.name
+            models=[model_capability(self.engine.spec)],
+            cached_adapters=self.adapters.paths(),
+            engine=self.engine.name,
         )
 
     def _weights(self, tenant: str, path: str | None) -> AbstractAsyncContextManager[str | None]:
@@ -122,59 +101,3 @@ def _sequence(completion: Completion) -> common_pb2.SampledSequence:
         logprobs=completion.logprobs,
         stop_reason=STOP_REASONS[completion.stop_reason],
     )
-
-
-def _failure(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a failed request ends with."""
-    if isinstance(exc, OpError):
-        return exc.code, exc.message
-    log.error("request failed", extra={"method": method}, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"sampler failed: {exc}"
-
-
-def build(
-    config: SamplerConfig,
-    *,
-    engine: SamplingEngine | None = None,
-    source: AdapterSource | None = None,
-) -> tuple[Callable[[grpc.aio.Server], Awaitable[Sequence[str]]], Callable[[], Awaitable[None]]]:
-    """The server's setup and shutdown hooks.
-
-    The engine is built from `config` unless given (tests share one); adapters come from the
-    checkpoints service at `config.checkpoints` unless `source` is given, and are kept as PEFT
-    folders under `config.adapter_dir` while loaded.
-    """
-    owned: list[SamplingEngine] = []
-    clients: list[object] = []
-    caches: list[AdapterCache] = []
-
-    async def setup(server: grpc.aio.Server) -> list[str]:
-        nonlocal engine, source
-        if engine is None:
-            if config.torch_threads:  # e.g. the CPU limit of a container, not the host's cores
-                import torch
-
-                torch.set_num_threads(config.torch_threads)
-            engine = await asyncio.to_thread(make_engine, config)
-            owned.append(engine)
-        if source is None and config.checkpoints:
-            from treadle_runtime.checkpoint_client import CheckpointClient
-
-            source = CheckpointClient(config.checkpoints)
-            clients.append(source)
-        folders = AdapterFolders(config.adapter_dir)
-        adapters = AdapterCache(engine, source, config.max_adapters, folders)
-        caches.append(adapters)
-        servicer = SamplerServicer(engine, adapters, config.max_num_samples)
-        sampler_pb2_grpc.add_SamplerServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    async def shutdown() -> None:
-        for cache in caches:
-            await cache.close()
-        for client in clients:
-            await client.close()  # type: ignore[attr-defined]
-        for own in owned:
-            await own.close()
-
-    return setup, shutdown

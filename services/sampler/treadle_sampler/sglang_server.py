@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from treadle_models.devices import dtype_name
+
 if TYPE_CHECKING:
     from treadle_sampler.config import SamplerConfig
 
 log = logging.getLogger(__name__)
-SGLANG_DTYPES = {"auto": "bfloat16", "float32": "float32", "bfloat16": "bfloat16"}
 
 
 def model_folder(base_model: str) -> Path:
@@ -67,7 +68,7 @@ def launch_command(
         "--model-path", str(model_path),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--dtype", SGLANG_DTYPES.get(config.dtype, config.dtype),
+        "--dtype", dtype_name(config.dtype, "cuda"),  # SGLang runs on GPUs
         "--enable-lora",
         "--max-loras-per-batch", str(config.sglang_max_loras_per_batch),
         "--max-lora-rank", str(config.sglang_max_lora_rank),

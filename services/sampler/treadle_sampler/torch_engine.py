@@ -32,6 +32,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from treadle_models import ModelSpec, load_model, load_tokenizer, model_spec, target_logprobs
+from treadle_models.devices import pick_device, pick_dtype
 from treadle_runtime.errors import invalid
 from treadle_sampler import metrics
 from treadle_sampler.adapter_bank import BASE, AdapterBank
@@ -41,8 +42,6 @@ from treadle_sampler.engine import Completion, SamplingOptions, StopReason
 from treadle_sampler.sampling import StopCheck, choose_tokens
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class _Delivery:
@@ -140,17 +139,12 @@ class TorchEngine:
 
     @classmethod
     def from_config(cls, config: SamplerConfig) -> TorchEngine:
-        """The engine `config` describes (device and dtype "auto" resolved here)."""
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = config.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device == "cuda" else "float32"
+        """The engine `config` describes (device and dtype "auto": treadle_models.devices)."""
+        device = pick_device(config.device)
         return cls(
             config.base_model,
-            device=device,
-            dtype=DTYPES[dtype],
+            device=str(device),
+            dtype=pick_dtype(config.dtype, device),
             max_batch_size=config.max_batch_size,
         )
 

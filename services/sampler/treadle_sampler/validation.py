@@ -1,15 +1,19 @@
 """Checks of sample and logprob requests, turning wire messages into engine arguments.
 
-Every failure is INVALID_ARGUMENT with a message that starts with the offending field's path
-(`prompt`, `num_samples`, `sampling_params.top_p`, ...), raised before any work starts, so a bad
-request never reaches the engine and never disturbs the requests running there.
+The limits are the contract's (treadle.contract.sampling and tokens, which the SDK checks too),
+with the served model's vocabulary and context length. Every failure is INVALID_ARGUMENT with a
+message that starts with the offending field's path (`prompt`, `num_samples`,
+`sampling_params.top_p`, ...), raised before any work starts, so a bad request never reaches the
+engine and never disturbs the requests running there.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from treadle.contract import sampling
+from treadle.contract.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from treadle.contract.tokens import check_tokens
 from treadle.paths import parse_path
 from treadle.v1 import common_pb2
 from treadle_models import ModelSpec
@@ -55,49 +59,22 @@ def prompt_tokens(model_input: common_pb2.ModelInput, spec: ModelSpec) -> list[i
         if chunk.WhichOneof("chunk") != "encoded_text":
             raise invalid(f"prompt.chunks[{i}]", "only encoded_text chunks are accepted")
         tokens.extend(chunk.encoded_text.tokens)
-    if not tokens:
-        raise invalid("prompt", "must hold at least one token")
-    for position, token in enumerate(tokens):
-        if not 0 <= token < spec.vocab_size:
-            raise invalid(
-                "prompt",
-                f"token id {token} at position {position} is outside the vocabulary "
-                f"[0, {spec.vocab_size})",
-            )
-    if len(tokens) > spec.max_seq_len:
-        raise invalid(
-            "prompt", f"{len(tokens)} tokens exceed the model's {spec.max_seq_len}-token limit"
-        )
+    check_tokens("prompt", tokens, spec.vocab_size, spec.max_seq_len)
     return tokens
 
 
 def sampling_options(
     params: common_pb2.SamplingParams, prompt_length: int, spec: ModelSpec
 ) -> SamplingOptions:
-    """The engine's options for `params`, checked against the prompt and the model's limits."""
-    if params.max_tokens <= 0:
-        raise invalid("sampling_params.max_tokens", f"must be > 0, got {params.max_tokens}")
-    if prompt_length + params.max_tokens > spec.max_seq_len:
-        raise invalid(
-            "sampling_params.max_tokens",
-            f"prompt ({prompt_length}) + max_tokens ({params.max_tokens}) exceeds the model's "
-            f"{spec.max_seq_len}-token limit",
-        )
-    temperature = params.temperature if params.HasField("temperature") else 1.0
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise invalid("sampling_params.temperature", f"must be >= 0, got {temperature}")
-    top_p = params.top_p if params.HasField("top_p") else 1.0
-    if not 0 < top_p <= 1:
-        raise invalid("sampling_params.top_p", f"must be in (0, 1], got {top_p}")
-    for text in params.stop_strings:
-        if not text:
-            raise invalid("sampling_params.stop_strings", "an empty stop string")
-    for token in params.stop_token_ids:
-        if not 0 <= token < spec.vocab_size:
-            raise invalid(
-                "sampling_params.stop_token_ids",
-                f"token id {token} is outside the vocabulary [0, {spec.vocab_size})",
-            )
+    """The engine's options for `params`, checked against the contract's limits
+    (treadle.contract.sampling), the prompt and the model."""
+    temperature = params.temperature if params.HasField("temperature") else DEFAULT_TEMPERATURE
+    top_p = params.top_p if params.HasField("top_p") else DEFAULT_TOP_P
+    sampling.check_params(params.max_tokens, temperature, top_p, params.stop_strings)
+    sampling.check_length(prompt_length, params.max_tokens, spec.max_seq_len)
+    check_tokens(
+        "sampling_params.stop_token_ids", params.stop_token_ids, spec.vocab_size, allow_empty=True
+    )
     return SamplingOptions(
         max_tokens=params.max_tokens,
         temperature=temperature,
@@ -117,8 +94,7 @@ def sample_call(
     if path is not None and not tenant:
         raise invalid("tenant", "required to read an adapter")
     prompt = prompt_tokens(request.prompt, spec)
-    if not 0 < request.num_samples <= max_num_samples:
-        raise invalid("num_samples", f"must be in 1..{max_num_samples}, got {request.num_samples}")
+    sampling.check_num_samples(request.num_samples, max_num_samples)
     options = sampling_options(request.sampling_params, len(prompt), spec)
     return SampleCall(path, prompt, request.num_samples, options, request.include_prompt_logprobs)
 

@@ -3,7 +3,7 @@
 Each call is forwarded to the checkpoints service with the tenant that the caller's API key maps
 to, whatever tenant the request carries, so a tenant only ever sees and changes its own
 checkpoints; tenant names are blanked in what goes back. The checkpoints service's status and
-message are passed to the client unchanged.
+message are passed to the client unchanged (treadle_runtime.errors maps every failure).
 
 Key decision: these are the `Treadle` servicer's own handlers, written as a mixin that
 `TreadleService` inherits, so that gRPC dispatches to them directly; the mixin relies only on the
@@ -19,7 +19,7 @@ import grpc
 from treadle.paths import parse_path
 from treadle.v1 import checkpoints_pb2, checkpoints_pb2_grpc, common_pb2
 from treadle_runtime.auth import ApiKeys
-from treadle_runtime.errors import OpError
+from treadle_runtime.errors import OpError, rpc, streaming_rpc
 
 
 class CheckpointAdmin:
@@ -27,12 +27,6 @@ class CheckpointAdmin:
 
     keys: ApiKeys
     checkpoints: checkpoints_pb2_grpc.CheckpointsAsyncStub | None  # None: none configured
-
-    async def _proxy(self, context: grpc.aio.ServicerContext, call: object) -> object:
-        try:
-            return await call  # type: ignore[misc]
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or "")
 
     def _require_checkpoints(self) -> checkpoints_pb2_grpc.CheckpointsAsyncStub:
         if self.checkpoints is None:
@@ -57,39 +51,36 @@ class CheckpointAdmin:
             if not token:
                 raise OpError(grpc.StatusCode.NOT_FOUND, f"path: no checkpoint {path!r}", "path")
 
+    @rpc()
     async def ListCheckpoints(
         self, request: checkpoints_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext
     ) -> checkpoints_pb2.ListCheckpointsResponse:
         request.tenant = self.keys.tenant(context)
-        response = await self._proxy(context, self._require_checkpoints().List(request))
-        assert isinstance(response, checkpoints_pb2.ListCheckpointsResponse)
+        response = await self._require_checkpoints().List(request)
         for info in response.checkpoints:
             info.tenant = ""
         return response
 
+    @rpc()
     async def DeleteCheckpoints(
         self, request: checkpoints_pb2.DeleteCheckpointsRequest, context: grpc.aio.ServicerContext
     ) -> checkpoints_pb2.DeleteCheckpointsResponse:
         request.tenant = self.keys.tenant(context)
-        response = await self._proxy(context, self._require_checkpoints().Delete(request))
-        assert isinstance(response, checkpoints_pb2.DeleteCheckpointsResponse)
-        return response
+        return await self._require_checkpoints().Delete(request)
 
+    @rpc()
     async def SetCheckpointTtl(
         self, request: checkpoints_pb2.SetTtlRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.CheckpointInfo:
         request.tenant = self.keys.tenant(context)
-        response = await self._proxy(context, self._require_checkpoints().SetTtl(request))
-        assert isinstance(response, common_pb2.CheckpointInfo)
+        response = await self._require_checkpoints().SetTtl(request)
         response.tenant = ""
         return response
 
+    @streaming_rpc()
     async def DownloadCheckpoint(
         self, request: checkpoints_pb2.ExportCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[checkpoints_pb2.DataChunk]:
         request.tenant = self.keys.tenant(context)
-        try:
-            async for chunk in self._require_checkpoints().Export(request):
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or "")
+        async for chunk in self._require_checkpoints().Export(request):
+            yield chunk

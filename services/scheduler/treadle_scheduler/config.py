@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from treadle_runtime.server import MIN_PING_SECONDS, ServerConfig
+from treadle.contract.transport import check_keepalive
+from treadle_runtime.server import ServerConfig
 
 
 @dataclass
@@ -65,11 +66,7 @@ class SchedulerConfig(ServerConfig):
             raise ValueError("cycle_token_budget: must be > 0")
         if self.sampler_refresh_seconds <= 0:
             raise ValueError("sampler_refresh_seconds: must be > 0")
-        if self.peer_keepalive_seconds < MIN_PING_SECONDS:
-            raise ValueError(
-                f"peer_keepalive_seconds: must be >= {MIN_PING_SECONDS} (servers refuse faster "
-                f"pings), got {self.peer_keepalive_seconds}"
-            )
+        check_keepalive("peer_keepalive_seconds", self.peer_keepalive_seconds)
 
     def addresses(self, name: str) -> list[str]:
         """The comma-separated addresses of config field `name` as a list."""

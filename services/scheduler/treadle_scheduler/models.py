@@ -27,18 +27,18 @@ if TYPE_CHECKING:
 DONE_KEPT = 256  # finished requests remembered per model for idempotent retries
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Request:
     """One training op on its way through a cycle; `op_bytes` is the op serialized when it is
-    queued, so that planning a cycle only concatenates bytes (plans.py)."""
+    queued, so that planning a cycle only concatenates bytes (treadle_runtime.wire_bytes)."""
 
     model_id: str
-    seq_id: int
+    seq_id: int  # 0 for the ops the scheduler makes itself (create, release)
     op: trainer_pb2.PlannedOp
-    digest: bytes
-    tokens: int
     outcome: asyncio.Future[trainer_pb2.OpResult]
-    tenant: str = ""
+    tenant: str
+    digest: bytes = b""  # of the Submit, to tell a retry from a different request
+    tokens: int = 0  # forward/backward tokens the op costs
     enqueued_at: float = field(default_factory=time.monotonic)
     cycle: int = 0
     op_bytes: bytes = field(default=b"", repr=False)  # set when queued for a trainer

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import grpc
 from prometheus_client import Gauge
 
+from treadle.contract.transport import channel_options
 from treadle.v1 import (
     checkpoints_pb2_grpc,
     common_pb2,
@@ -29,26 +30,21 @@ from treadle.v1 import (
     trainer_pb2,
 )
 from treadle_runtime.auth import ApiKeys
-from treadle_runtime.errors import OpError, error_detail, invalid, status_code
-from treadle_runtime.server import channel_options
+from treadle_runtime.errors import OpError, error_detail, invalid, rpc, status_code
 from treadle_scheduler.checkpoint_admin import CheckpointAdmin
 from treadle_scheduler.config import SchedulerConfig
-from treadle_scheduler.models import ModelRecord, Request, owned_model
+from treadle_scheduler.models import ModelRecord, owned_model
 from treadle_scheduler.quotas import Limits, Quotas
 from treadle_scheduler.sampling import SamplerPool
 from treadle_scheduler.session_stream import SessionRequests
 from treadle_scheduler.sessions import Session as ClientSession
 from treadle_scheduler.sessions import SessionTable
 from treadle_scheduler.trainers import TrainerLink
-from treadle_scheduler.validation import LOSS_FNS, check_path
+from treadle_scheduler.validation import check_path
 
 log = logging.getLogger(__name__)
 
 SESSIONS = Gauge("treadle_scheduler_sessions", "Live sessions")
-
-
-def _abort_code(exc: OpError) -> tuple[grpc.StatusCode, str]:
-    return exc.code, exc.message
 
 
 class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
@@ -66,7 +62,7 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
         self.models: dict[str, ModelRecord] = {}
         # the services' message limit and keepalive: a silent trainer or sampler is lost
         self.peer_options = peers = channel_options(
-            config.peer_keepalive_seconds, config.max_message_bytes
+            config.peer_keepalive_seconds, max_message_bytes=config.max_message_bytes
         )
         self.trainers = [
             TrainerLink(
@@ -155,18 +151,8 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
         )
         for model_id in list(session.model_ids):
             model = self.models.pop(model_id, None)
-            if model is None or model.lost:
-                continue
-            op = trainer_pb2.PlannedOp(
-                op_id=f"{model_id}#release",
-                model_id=model_id,
-                release_adapter=trainer_pb2.ReleaseAdapterOp(),
-            )
-            future: asyncio.Future[trainer_pb2.OpResult] = (
-                asyncio.get_running_loop().create_future()
-            )
-            model.trainer.enqueue([Request(model_id, -1, op, b"", 0, future, model.tenant)])
-            model.trainer.models.pop(model_id, None)
+            if model is not None and not model.lost:
+                model.trainer.release(model)
         self.sessions.remove(session)
 
     # ----------------------------------------------------------------- capabilities
@@ -176,10 +162,13 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
     async def GetCapabilities(
         self, request: scheduler_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.Capabilities:
+        """The models the connected trainers serve, each with the losses its trainers run, and
+        those losses together."""
+        specs = list(self._specs().values())
         return scheduler_pb2.Capabilities(
-            models=list(self._specs().values()),
+            models=specs,
             max_batch_datums=self.config.max_batch_datums,
-            loss_fns=list(LOSS_FNS),
+            loss_fns=list(dict.fromkeys(loss for spec in specs for loss in spec.loss_fns)),
         )
 
     # ----------------------------------------------------------------- models
@@ -192,19 +181,13 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
                     grpc.StatusCode.UNAVAILABLE, f"no trainer for {base_model!r} is up right now"
                 )
             raise invalid("base_model", f"unknown base model {base_model!r}; served: {served}")
-        return min(links, key=lambda link: (len(link.models), link.queued()))
+        return min(links, key=TrainerLink.load)
 
+    @rpc()
     async def CreateModel(
         self, request: scheduler_pb2.CreateModelRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.CreateModelResponse:
-        tenant = self.keys.tenant(context)
-        try:
-            return await self._create_model(tenant, request)
-        except OpError as exc:
-            await context.abort(*_abort_code(exc))
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or "")
-        raise AssertionError("unreachable")
+        return await self._create_model(self.keys.tenant(context), request)
 
     async def _create_model(
         self, tenant: str, request: scheduler_pb2.CreateModelRequest
@@ -228,24 +211,17 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
         link = self._place(base_model)
         model_id = session.next_model_id()
         model = ModelRecord(model_id, tenant, session.session_id, base_model, lora, link)
-        op = trainer_pb2.PlannedOp(
-            op_id=f"{model_id}#create",
-            model_id=model_id,
-            create_adapter=trainer_pb2.CreateAdapterOp(
-                tenant=tenant,
-                base_model=base_model,
-                lora_config=lora,
-                seed=request.seed,
-                from_state_path=request.from_state_path,
-                load_optimizer=request.load_optimizer,
-            ),
+        create = trainer_pb2.CreateAdapterOp(
+            tenant=tenant,
+            base_model=base_model,
+            lora_config=lora,
+            seed=request.seed,
+            from_state_path=request.from_state_path,
+            load_optimizer=request.load_optimizer,
         )
-        future: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
-        link.models[model_id] = model
-        link.enqueue([Request(model_id, 0, op, b"", 0, future, tenant)])
-        result = await future
+        result = await link.create(model, create)
         if result.WhichOneof("result") == "error":
-            link.models.pop(model_id, None)
+            link.forget(model_id)
             raise OpError(status_code(result.error.code), result.error.message, result.error.field)
         model.step = result.create_adapter.step
         self.models[model_id] = model
@@ -265,15 +241,12 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
             is_lora=True,
         )
 
+    @rpc()
     async def GetInfo(
         self, request: scheduler_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ModelInfo:
         tenant = self.keys.tenant(context)
-        try:
-            return self._info(owned_model(self.models, tenant, request.model_id))
-        except OpError as exc:
-            await context.abort(*_abort_code(exc))
-        raise AssertionError("unreachable")
+        return self._info(owned_model(self.models, tenant, request.model_id))
 
     # ----------------------------------------------------------------- the session stream
     async def Session(

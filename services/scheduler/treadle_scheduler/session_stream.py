@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from treadle.paths import parse_path
 from treadle.v1 import scheduler_pb2, trainer_pb2
-from treadle_runtime.errors import OpError, error_detail, invalid
+from treadle_runtime.errors import OpError, as_op_error, error_detail, invalid
 from treadle_scheduler.config import SchedulerConfig
 from treadle_scheduler.models import ModelRecord, Request, op_tokens, owned_model, submit_digest
 from treadle_scheduler.quotas import Quotas
@@ -104,45 +104,24 @@ class SessionRequests:
 
     # ----------------------------------------------------------------- training ops
     def _submit(self, session: ClientSession, submit: scheduler_pb2.Submit) -> None:
-        """Queue a training op in its model's order; a refused op still takes its seq_id, so the
-        model's later requests are not held waiting for it."""
+        """Act on a Submit: sampling goes to a sampler; a training op is checked, admitted in its
+        model's seq_id order, queued on the model's trainer, acknowledged, and answered when its
+        outcome is known."""
         kind = submit.WhichOneof("op") or "none"
+        if kind in ("sample", "compute_logprobs"):
+            self._spawn(self._sample(session, submit))
+            return
         try:
-            if kind in ("sample", "compute_logprobs"):
-                self._spawn(self._sample(session, submit))
-                return
-            model = owned_model(self.models, session.tenant, submit.model_id)
-            if model.lost:
-                raise OpError(grpc.StatusCode.UNAVAILABLE, model.lost)
-            if submit.seq_id < 1:
-                raise invalid("seq_id", f"must be >= 1, got {submit.seq_id}")
+            model = self._target_model(session, submit)
         except OpError as exc:
             self._reply_error(session, submit.request_id, exc, kind)
             return
-        retry = model.is_known(submit.seq_id)
-        refusal: OpError | None = None
-        op = trainer_pb2.PlannedOp(
-            op_id=f"{model.model_id}#{submit.seq_id}", model_id=model.model_id
-        )
-        try:
-            check_training_op(submit, self.config.max_batch_datums, self.config.max_request_tokens)
-            op = self._planned_op(model, submit)
-            if not retry:
-                self.quotas.reserve_tokens(session.tenant, op_tokens(op))
-        except OpError as exc:
-            refusal = exc
-        future: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
-        tokens = 0 if refusal else op_tokens(op)
-        request = Request(
-            model.model_id, submit.seq_id, op, submit_digest(submit), tokens, future, session.tenant
-        )
-        if refusal is not None and not retry:
-            future.set_result(trainer_pb2.OpResult(op_id=op.op_id, error=refusal.to_detail()))
+        request, owned = self._request(session, model, submit)
         try:
             answer, ready = model.admit(request)
-        except OpError as exc:
-            if not retry:
-                self.quotas.release_tokens(session.tenant, tokens)
+        except OpError as exc:  # the seq_id was used for a different request
+            if owned:
+                self.quotas.release_tokens(session.tenant, request.tokens)
             self._reply_error(session, submit.request_id, exc, kind)
             return
         ready = [r for r in ready if not r.outcome.done()]  # refused ones only hold their place
@@ -151,20 +130,63 @@ class SessionRequests:
         else:
             position, expected = model.trainer.queued(), 0
         if not answer.outcome.done():
-            session.send(
-                scheduler_pb2.ServerMessage(
-                    accepted=scheduler_pb2.Accepted(
-                        request_id=submit.request_id,
-                        queue_position=position,
-                        expected_cycle=expected,
-                    )
-                )
+            accepted = scheduler_pb2.Accepted(
+                request_id=submit.request_id, queue_position=position, expected_cycle=expected
             )
+            session.send(scheduler_pb2.ServerMessage(accepted=accepted))
         answer.outcome.add_done_callback(
-            functools.partial(
-                self._answer, session, submit.request_id, model, answer, kind, not retry
-            )
+            functools.partial(self._answer, session, submit.request_id, model, answer, kind, owned)
         )
+
+    def _target_model(self, session: ClientSession, submit: scheduler_pb2.Submit) -> ModelRecord:
+        """The tenant's live model a training Submit is for (OpError otherwise)."""
+        model = owned_model(self.models, session.tenant, submit.model_id)
+        if model.lost:
+            raise OpError(grpc.StatusCode.UNAVAILABLE, model.lost)
+        if submit.seq_id < 1:
+            raise invalid("seq_id", f"must be >= 1, got {submit.seq_id}")
+        return model
+
+    def _request(
+        self, session: ClientSession, model: ModelRecord, submit: scheduler_pb2.Submit
+    ) -> tuple[Request, bool]:
+        """The Request a training Submit becomes, and whether this submission owns it (a retry
+        of a known seq_id does not: the original answers it, and holds its quota).
+
+        The op is checked at the door (validation.py) and its tokens reserved against the
+        tenant's quota; a refused op is answered with its error at once but still takes its
+        seq_id, so that the model's later requests are not held waiting for it."""
+        owned = not model.is_known(submit.seq_id)
+        outcome: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
+        try:
+            check_training_op(
+                submit,
+                self.config.max_batch_datums,
+                self.config.max_request_tokens,
+                model.trainer.loss_fns(),
+            )
+            op = self._planned_op(model, submit)
+            tokens = op_tokens(op)
+            if owned:
+                self.quotas.reserve_tokens(session.tenant, tokens)
+        except Exception as exc:  # a contract check's ValidationError, or an OpError
+            op = trainer_pb2.PlannedOp(
+                op_id=f"{model.model_id}#{submit.seq_id}", model_id=model.model_id
+            )
+            tokens = 0
+            if owned:
+                error = as_op_error(exc, "admission")
+                outcome.set_result(trainer_pb2.OpResult(op_id=op.op_id, error=error.to_detail()))
+        request = Request(
+            model_id=model.model_id,
+            seq_id=submit.seq_id,
+            op=op,
+            outcome=outcome,
+            tenant=session.tenant,
+            digest=submit_digest(submit),
+            tokens=tokens,
+        )
+        return request, owned
 
     def _planned_op(
         self, model: ModelRecord, submit: scheduler_pb2.Submit
@@ -278,8 +300,8 @@ class SessionRequests:
                 lp = await self.samplers.compute_logprobs(session.tenant, base, lp_request)
                 reply = scheduler_pb2.Result(request_id=submit.request_id, compute_logprobs=lp)
                 self._billed(session.tenant, kind).inc(len(lp.logprobs) + 1)  # the whole prompt
-        except OpError as exc:
-            self._reply_error(session, submit.request_id, exc, kind)
+        except Exception as exc:
+            self._reply_error(session, submit.request_id, as_op_error(exc, kind), kind)
             return
         REQUESTS.labels(kind, "OK").inc()
         session.send(scheduler_pb2.ServerMessage(result=reply))

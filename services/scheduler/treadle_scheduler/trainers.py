@@ -34,9 +34,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from treadle.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from treadle_runtime.errors import error_detail
+from treadle_runtime.wire_bytes import plan_command
 from treadle_scheduler.fairness import FairQueue
 from treadle_scheduler.models import ModelRecord, Request
-from treadle_scheduler.plans import encode_plan
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class TrainerLink:
         self.up = False
         self.cycle = 0  # number of the cycle running now or last run
         self.queue = FairQueue()
-        self.models: dict[str, ModelRecord] = {}
+        self._models: dict[str, ModelRecord] = {}  # placed here: changed by this class alone
         self._busy_window: deque[tuple[float, float]] = deque()  # (cycle end, busy seconds)
         self._connected_at = 0.0
         self._work = asyncio.Event()
@@ -124,6 +124,10 @@ class TrainerLink:
         """Name of the base model this trainer serves ("" until first contact)."""
         return self.spec.name if self.spec else ""
 
+    def loss_fns(self) -> tuple[str, ...]:
+        """The losses this trainer runs (its capability; empty until first contact)."""
+        return tuple(self.spec.loss_fns) if self.spec else ()
+
     def start(self) -> None:
         """Start the connect-and-run loop in the background."""
         UTILIZATION.labels(self.address).set_function(self.utilization)
@@ -138,6 +142,50 @@ class TrainerLink:
     def queued(self) -> int:
         """Requests waiting for a cycle."""
         return len(self.queue)
+
+    def load(self) -> tuple[int, int]:
+        """(models placed here, requests queued): placement takes the least loaded link."""
+        return len(self._models), self.queued()
+
+    # ----------------------------------------------------------------- placement
+    def create(
+        self, model: ModelRecord, create: trainer_pb2.CreateAdapterOp
+    ) -> asyncio.Future[trainer_pb2.OpResult]:
+        """Place `model` here and queue the creation of its adapter; the future gets its result
+        (call `forget` if it failed)."""
+        self._models[model.model_id] = model
+        op = trainer_pb2.PlannedOp(
+            op_id=f"{model.model_id}#create", model_id=model.model_id, create_adapter=create
+        )
+        return self._own_op(model, op)
+
+    def release(self, model: ModelRecord) -> None:
+        """Queue the release of `model`'s adapter and stop holding it."""
+        op = trainer_pb2.PlannedOp(
+            op_id=f"{model.model_id}#release",
+            model_id=model.model_id,
+            release_adapter=trainer_pb2.ReleaseAdapterOp(),
+        )
+        self._own_op(model, op)
+        self.forget(model.model_id)
+
+    def forget(self, model_id: str) -> None:
+        """Stop holding `model_id` (its adapter was never created, or is released)."""
+        self._models.pop(model_id, None)
+
+    def _own_op(
+        self, model: ModelRecord, op: trainer_pb2.PlannedOp
+    ) -> asyncio.Future[trainer_pb2.OpResult]:
+        """Queue an op the scheduler makes itself (outside the model's seq_id order)."""
+        outcome: asyncio.Future[trainer_pb2.OpResult] = asyncio.get_running_loop().create_future()
+        self.enqueue(
+            [
+                Request(
+                    model_id=model.model_id, seq_id=0, op=op, outcome=outcome, tenant=model.tenant
+                )
+            ]
+        )
+        return outcome
 
     def enqueue(self, requests: list[Request]) -> tuple[int, int]:
         """Queue ready requests; returns (queue position of the last, expected cycle)."""
@@ -173,7 +221,7 @@ class TrainerLink:
             info = await stub.GetTrainerInfo(trainer_pb2.GetTrainerInfoRequest(), timeout=10)
             self.spec = info.model
             self._metrics = metrics = _LinkMetrics(self.address, self.base_model)
-            # plans go out as bytes assembled from pre-serialized ops (plans.py)
+            # plans go out as bytes assembled from pre-serialized ops (treadle_runtime.wire_bytes)
             call = channel.stream_stream(
                 RUN_CYCLES,
                 request_serializer=None,
@@ -233,7 +281,7 @@ class TrainerLink:
         started = time.monotonic()
         sent = _SentCycle(self.cycle, chosen, started, self._work_at)
         self._sent.append(sent)
-        await call.write(encode_plan(self.cycle, [r.op_bytes for r in chosen]))
+        await call.write(plan_command(self.cycle, [r.op_bytes for r in chosen]))
         metrics.planned(chosen, started, self.queued())
         return True
 
@@ -280,13 +328,13 @@ class TrainerLink:
         pending = list(self._in_flight.values()) + self.queue.drain()
         self._in_flight.clear()
         self._sent.clear()
-        for model in self.models.values():
+        for model in self._models.values():
             model.lost = LOST_MESSAGE.format(address=self.address, model_id=model.model_id)
         for request in pending:
             if not request.outcome.done():
                 message = LOST_MESSAGE.format(address=self.address, model_id=request.model_id)
                 request.outcome.set_result(_failure(request, grpc.StatusCode.UNAVAILABLE, message))
-        self.models.clear()
+        self._models.clear()
         self._report_depth()
         self.on_lost(self)
 

@@ -1,28 +1,30 @@
 """Cheap checks the scheduler makes before queueing a request (the trainer checks the rest).
 
-Refusing at the door keeps bad requests out of cycles: an unknown loss, an empty or oversize
-batch, or a malformed checkpoint path fails at once with INVALID_ARGUMENT naming the field.
+Refusing at the door keeps bad requests out of cycles: a loss the model's trainer does not run, a
+bad loss config, an empty or oversize batch, or a malformed checkpoint path fails at once with
+INVALID_ARGUMENT naming the field. The loss checks are the contract's (treadle.contract.losses),
+the ones the SDK and the trainer run, so all three give the same verdict.
 """
 
 from __future__ import annotations
 
+from treadle.contract import losses
 from treadle.paths import parse_path
 from treadle.v1 import common_pb2, scheduler_pb2
 from treadle_runtime.errors import invalid
 from treadle_scheduler.models import datum_tokens
 
-LOSS_FNS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
 
-
-def check_training_op(submit: scheduler_pb2.Submit, max_datums: int, max_tokens: int) -> None:
-    """Validate a training op's envelope and payload size."""
+def check_training_op(
+    submit: scheduler_pb2.Submit, max_datums: int, max_tokens: int, loss_fns: tuple[str, ...]
+) -> None:
+    """Validate a training op's envelope and payload size; `loss_fns` are the losses the
+    model's trainer runs (its capability)."""
     kind = submit.WhichOneof("op")
     if kind == "forward_backward":
         request = submit.forward_backward
-        if not request.forward_only and request.loss_fn not in LOSS_FNS:
-            raise invalid("loss_fn", f"unknown loss {request.loss_fn!r}; one of {LOSS_FNS}")
-        if request.forward_only and request.loss_fn and request.loss_fn not in LOSS_FNS:
-            raise invalid("loss_fn", f"unknown loss {request.loss_fn!r}; one of {LOSS_FNS}")
+        loss = losses.loss_for(request.loss_fn, request.forward_only, loss_fns)
+        losses.resolve_config(loss, request.loss_fn_config)
         if not request.data:
             raise invalid("data", "at least one datum is required")
         if len(request.data) > max_datums:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from treadle_models.devices import DEVICES
 from treadle_runtime.server import ServerConfig
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")  # base weights are trained in these
 OFFLOADS = ("auto", "host", "disk")
 
 

@@ -10,7 +10,7 @@ op yields an error result for that op alone. Plans run one at a time, whichever 
 The engine is also built on that thread. Each thread that runs a parallel torch op keeps an
 OpenMP thread pool of its own, and once a process holds more OpenMP threads than cores, libgomp
 stops spinning at its barriers and sleeps in the kernel instead: one extra pool (a loader thread
-that ran one matmul) made a small model's training step 20 % slower on two cores.
+that ran one matmul) measurably slows a small model's training step (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from treadle import tensors
 from treadle.paths import CheckpointPath, parse_path, valid_name
 from treadle.v1 import common_pb2, trainer_pb2
 from treadle_models.lora import LoraSpec
-from treadle_runtime.errors import OpError, error_detail, invalid
+from treadle_runtime.capability import model_capability
+from treadle_runtime.errors import OpError, as_op_error, error_detail, invalid
 from treadle_trainer import metrics
 from treadle_trainer.adapters import Adapter
 from treadle_trainer.engine import ForwardResult, TrainerEngine
@@ -40,6 +41,7 @@ from treadle_trainer.inputs import (
     parse_forward_backward,
     parse_lora,
 )
+from treadle_trainer.losses import RUNS
 from treadle_trainer.state_files import StateContents, decode_state
 
 log = logging.getLogger(__name__)
@@ -114,16 +116,8 @@ class CycleRunner:
 
     def info(self) -> trainer_pb2.TrainerInfo:
         """The served model's capability, the adapter count and the device."""
-        spec = self.engine.spec
         return trainer_pb2.TrainerInfo(
-            model=common_pb2.ModelCapability(
-                name=spec.name,
-                vocab_size=spec.vocab_size,
-                max_seq_len=spec.max_seq_len,
-                supported_ranks=list(spec.supported_ranks),
-                architecture=spec.architecture,
-                tokenizer_id=spec.tokenizer_id,
-            ),
+            model=model_capability(self.engine.spec, RUNS),
             adapters=len(self.engine.adapters),
             device=str(self.engine.device),
         )
@@ -167,11 +161,8 @@ class CycleRunner:
     async def _guarded(self, fn: Callable[..., Any], op: trainer_pb2.PlannedOp) -> Any:
         try:
             return await fn(op)
-        except OpError as exc:
-            return exc
-        except Exception as exc:
-            log.exception("op failed", extra={"op_id": op.op_id, "model": op.model_id})
-            return OpError(grpc.StatusCode.INTERNAL, f"trainer error: {exc}")
+        except Exception as exc:  # fails this op alone
+            return as_op_error(exc, f"op {op.op_id}")
 
     # forward / forward_backward
 
@@ -180,9 +171,8 @@ class CycleRunner:
             return []
         try:
             return await self._torch(self._forward_backward_sync, ops)
-        except Exception as exc:
-            log.exception("batched pass failed", extra={"ops": len(ops)})
-            return [OpError(grpc.StatusCode.INTERNAL, f"trainer error: {exc}")] * len(ops)
+        except Exception as exc:  # fails the wave's passes, not the cycle
+            return [as_op_error(exc, f"batched pass of {len(ops)} ops")] * len(ops)
 
     def _forward_backward_sync(self, ops: list[trainer_pb2.PlannedOp]) -> list[Any]:
         spec = self.engine.spec
@@ -194,8 +184,8 @@ class CycleRunner:
                 batch = parse_forward_backward(
                     op.forward_backward, spec.vocab_size, spec.max_seq_len
                 )
-            except OpError as exc:
-                outcomes.append(exc)
+            except Exception as exc:  # fails this op alone
+                outcomes.append(as_op_error(exc, f"op {op.op_id}"))
                 continue
             outcomes.append(len(ready))
             ready.append((op.model_id, batch))

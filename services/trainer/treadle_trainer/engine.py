@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from treadle_models.adapter_files import adapter_files
+from treadle_models.devices import pick_device, pick_dtype
 from treadle_models.lora import LoraSpec
 from treadle_models.sources import ModelSpec, load_model, model_spec
 from treadle_runtime.errors import OpError, invalid
@@ -32,7 +33,7 @@ from treadle_trainer.grouped_lora import Group
 from treadle_trainer.head import HeadSegment, StackedHead, TokenLoss, unembed
 from treadle_trainer.inputs import DatumArrays, LossBatch
 from treadle_trainer.lora_bank import LoraBank, adapter_key
-from treadle_trainer.losses import LOSSES, LossInputs, loss_metrics
+from treadle_trainer.losses import FUNCTIONS, LossInputs, loss_metrics
 from treadle_trainer.optim import AdamConfig, AdamState
 from treadle_trainer.passes import plan_passes
 from treadle_trainer.residency import Residency, offload_store
@@ -55,27 +56,13 @@ def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
     """Rows per chunk of the unembedding sweep.
 
     On a CPU, a chunk's float32 logits stay within 24 MiB so the half-dozen passes over them
-    run from the last-level cache (measured: 128 rows of a 49152 vocabulary beat 256 by ~10 %).
+    run from the last-level cache (128 rows of a 49152 vocabulary beat 256: docs/benchmarks.md).
     On a GPU, large chunks keep the matmuls large.
     """
     if device.type == "cuda":
         return 8192
     rows = (24 << 20) // (4 * vocab_size)
     return max(16, 1 << max(rows, 1).bit_length() - 1)
-
-
-def pick_device(device: str) -> torch.device:
-    """`auto` means cuda when present."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` means bfloat16 on cuda, float32 elsewhere."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 
 class TrainerEngine:
@@ -280,7 +267,7 @@ class TrainerEngine:
     def _token_loss(self, batch: LossBatch, datums: list[DatumArrays]) -> TokenLoss:
         """Per-token losses of `datums` (concatenated) as a function of their logprobs."""
         x = flat_loss_inputs(datums, self.device)
-        fn, config = LOSSES[batch.loss_fn].fn, batch.config
+        fn, config = FUNCTIONS[batch.loss_fn], batch.config
 
         def token_loss(lp_n: torch.Tensor, offset: int, n: int) -> torch.Tensor:
             part = LossInputs(
@@ -332,7 +319,7 @@ class TrainerEngine:
             lp_NT[n, : len(lp)] = lp
         x = loss_inputs(batch.datums, T, torch.device("cpu"))
         with torch.no_grad():
-            losses = LOSSES[batch.loss_fn].fn(lp_NT, x, batch.config)
+            losses = FUNCTIONS[batch.loss_fn](lp_NT, x, batch.config)
         lengths = [len(lp) for lp in logprobs]
         return ForwardResult(
             loss_fn=batch.loss_fn,

@@ -8,7 +8,7 @@ chunk of rows therefore computes, and then drops, its logits; a chunk may hold t
 several segments (one segment = one op = one adapter), each with its own LoRA term and loss:
 
     z   = h·Wᵀ + ((h·Aᵀ)·s)·Bᵀ                 (the LoRA term when the adapter trains lm_head)
-    lp  = z[target] − logsumexp(z)             (float32, as treadle_models.target_logprobs)
+    lp  = z[target] − logsumexp(z)             (float32; the sampler's target_logprobs formula)
     g   = dL/dlp                                (autograd of the op's loss on this chunk's lp)
     dz  = g·(onehot(target) − softmax(z))
     dh  = dz·W + ((dz·B)·s)·A      dB = dzᵀ·((h·Aᵀ)·s)      dA = s·(dz·B)ᵀ·h
@@ -61,8 +61,8 @@ class StackedHead:
     """[Wᵀ; Bᵀ] of the frozen unembedding W and one adapter's lm_head B at a time.
 
     Kept as [H + r, V] rows, which oneDNN reads faster than W's own [V, H] layout for both the
-    logits (1.04×) and their input gradient (1.16×). The CPU engine keeps one, so Wᵀ is held
-    twice (a second [H + 16, V] float32 copy) whether or not an adapter trains lm_head.
+    logits and their input gradient (bench/trainer_head.py). The CPU engine keeps one, so Wᵀ is
+    held twice (a second [H + 16, V] float32 copy) whether or not an adapter trains lm_head.
     """
 
     def __init__(self) -> None:
@@ -129,10 +129,9 @@ def _onednn(x: torch.Tensor) -> bool:
 def _wide(x_MK: torch.Tensor, weight_NK: torch.Tensor) -> torch.Tensor:
     """x·weightᵀ [M, N], for the head's products where one side spans the vocabulary.
 
-    In float32 on an x86 CPU these go to oneDNN, which runs them 1.2–1.4× (the logits and their
-    input gradient) and 2× (the lm_head B gradient, r ≪ V rows) as fast as the BLAS behind
-    torch.mm on the AVX-512 cores measured, the whole sweep 1.27× (bench/trainer_head.py); the
-    results match to float32 rounding. Elsewhere torch.mm.
+    In float32 on an x86 CPU these go to oneDNN, which runs them faster than the BLAS behind
+    torch.mm (bench/trainer_head.py; figures in docs/benchmarks.md), with results that match to
+    float32 rounding. Elsewhere torch.mm.
     """
     if _onednn(x_MK):
         assert _ONEDNN_LINEAR is not None

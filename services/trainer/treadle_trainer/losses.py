@@ -1,15 +1,10 @@
 """Tinker's loss family, per token, on right-padded [N, T] tensors of one op's datums.
 
-With lp the learner logprob of each target token, q the sampler logprob (`logprobs` input),
-A the advantage and r = exp(lp - q):
+The losses' names, inputs and config keys are the contract's table (treadle.contract.losses,
+whose docstring has the formulas); this module holds their torch functions, keyed by those
+names. `RUNS` is what this trainer runs, and what its capability reports.
 
-    cross_entropy        -w·lp                                   (w = `weights`, default 1)
-    importance_sampling  -r·A
-    ppo                  -min(r·A, clip(r, lo, hi)·A)            lo 0.8, hi 1.2 by default
-    cispo                -stopgrad(clip(r, lo, hi))·lp·A         lo 0.0, hi 4.0 by default
-    dro                  -(lp·A - ½·β·(lp - q)²)                 β required
-
-An op's loss is the plain SUM of these over its tokens and datums (no normalisation), so the
+An op's loss is the plain SUM over its tokens and datums (no normalisation), so the
 gradient of a sum of ops' losses gives each adapter exactly its own gradient. Tokens with A = 0
 (prompt tokens in RL data, which carry q = 0) get r = 1 in the loss so that exp never sees a
 huge log-ratio there; `ratio:mean` and `clip_fraction:mean` are taken over the tokens with
@@ -18,17 +13,13 @@ A != 0 (all tokens if there are none).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from treadle_runtime.errors import invalid
-
-CLIP_LOW = "clip_low_threshold"
-CLIP_HIGH = "clip_high_threshold"
-BETA = "beta"
+from treadle.contract import losses as contract
+from treadle.contract.losses import BETA, CLIP_HIGH, CLIP_LOW
 
 
 @dataclass(frozen=True)
@@ -100,71 +91,20 @@ def dro(lp_NT: torch.Tensor, x: LossInputs, config: Mapping[str, float]) -> Toke
     return TokenLosses(loss_NT=-(lp_NT * x.advantages_NT - penalty) * x.mask_NT)
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    """A loss: its function, the loss_fn_inputs it needs, and its config keys with defaults."""
-
-    fn: LossFn
-    inputs: tuple[str, ...]
-    config: Mapping[str, float | None]  # None: the key is required
-    ratio_metrics: bool = False
-
-
-LOSSES: dict[str, LossSpec] = {
-    "cross_entropy": LossSpec(cross_entropy, ("target_tokens",), {}),
-    "importance_sampling": LossSpec(
-        importance_sampling, ("target_tokens", "logprobs", "advantages"), {}, ratio_metrics=True
-    ),
-    "ppo": LossSpec(
-        ppo,
-        ("target_tokens", "logprobs", "advantages"),
-        {CLIP_LOW: 0.8, CLIP_HIGH: 1.2},
-        ratio_metrics=True,
-    ),
-    "cispo": LossSpec(
-        cispo,
-        ("target_tokens", "logprobs", "advantages"),
-        {CLIP_LOW: 0.0, CLIP_HIGH: 4.0},
-        ratio_metrics=True,
-    ),
-    "dro": LossSpec(dro, ("target_tokens", "logprobs", "advantages"), {BETA: None}),
+FUNCTIONS: Mapping[str, LossFn] = {
+    contract.CROSS_ENTROPY: cross_entropy,
+    contract.IMPORTANCE_SAMPLING: importance_sampling,
+    contract.PPO: ppo,
+    contract.CISPO: cispo,
+    contract.DRO: dro,
 }
-INPUT_NAMES = ("target_tokens", "weights", "logprobs", "advantages")
-
-
-def resolve_config(loss_fn: str, given: Mapping[str, float]) -> dict[str, float]:
-    """The loss's full config: defaults filled in; OpError naming a bad key or value."""
-    spec = LOSSES[loss_fn]
-    for key, value in given.items():
-        if key not in spec.config:
-            allowed = ", ".join(spec.config) or "none"
-            raise invalid(
-                f"loss_fn_config.{key}", f"unknown key for {loss_fn} (accepted: {allowed})"
-            )
-        if not math.isfinite(value):
-            raise invalid(f"loss_fn_config.{key}", f"must be finite, got {value}")
-    resolved: dict[str, float] = {}
-    for key, default in spec.config.items():
-        if key in given:
-            resolved[key] = float(given[key])
-        elif default is None:
-            raise invalid(f"loss_fn_config.{key}", f"is required by {loss_fn}")
-        else:
-            resolved[key] = default
-    if CLIP_LOW in resolved and resolved[CLIP_LOW] > resolved[CLIP_HIGH]:
-        raise invalid(
-            f"loss_fn_config.{CLIP_LOW}",
-            f"{resolved[CLIP_LOW]} is above {CLIP_HIGH} {resolved[CLIP_HIGH]}",
-        )
-    if BETA in resolved and resolved[BETA] < 0:
-        raise invalid(f"loss_fn_config.{BETA}", f"must be >= 0, got {resolved[BETA]}")
-    return resolved
+RUNS = tuple(name for name in contract.LOSSES if name in FUNCTIONS)
 
 
 def loss_metrics(loss_fn: str, losses: TokenLosses, x: LossInputs) -> dict[str, float]:
     """`loss:sum`, plus `ratio:mean` and `clip_fraction:mean` for the ratio losses."""
     metrics = {"loss:sum": float(losses.loss_NT.detach().double().sum())}
-    if LOSSES[loss_fn].ratio_metrics and losses.ratio_NT is not None:
+    if contract.LOSSES[loss_fn].ratio_metrics and losses.ratio_NT is not None:
         assert losses.clipped_NT is not None
         tokens = (x.mask_NT > 0) & (x.advantages_NT != 0)
         if not bool(tokens.any()):

@@ -20,20 +20,22 @@ from dataclasses import dataclass
 
 import torch
 
+from treadle.contract.optim import ADAM_DEFAULTS
+
 EXP_AVG = "exp_avg"
 EXP_AVG_SQ = "exp_avg_sq"
 
 
 @dataclass(frozen=True)
 class AdamConfig:
-    """One step's hyperparameters (Tinker's defaults)."""
+    """One step's hyperparameters (Tinker's defaults, from treadle.contract.optim)."""
 
-    learning_rate: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-12
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0  # 0 = off
+    learning_rate: float = ADAM_DEFAULTS["learning_rate"]
+    beta1: float = ADAM_DEFAULTS["beta1"]
+    beta2: float = ADAM_DEFAULTS["beta2"]
+    eps: float = ADAM_DEFAULTS["eps"]
+    weight_decay: float = ADAM_DEFAULTS["weight_decay"]
+    grad_clip_norm: float = ADAM_DEFAULTS["grad_clip_norm"]  # 0 = off
 
 
 class AdamState:

@@ -301,20 +301,22 @@ class ErrorDetail(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., category: _Optional[_Union[ErrorCategory, str]] = ...) -> None: ...
 
 class ModelCapability(_message.Message):
-    __slots__ = ("name", "vocab_size", "max_seq_len", "supported_ranks", "architecture", "tokenizer_id")
+    __slots__ = ("name", "vocab_size", "max_seq_len", "supported_ranks", "architecture", "tokenizer_id", "loss_fns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_RANKS_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_ID_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     vocab_size: int
     max_seq_len: int
     supported_ranks: _containers.RepeatedScalarFieldContainer[int]
     architecture: str
     tokenizer_id: str
-    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., supported_ranks: _Optional[_Iterable[int]] = ..., architecture: _Optional[str] = ..., tokenizer_id: _Optional[str] = ...) -> None: ...
+    loss_fns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., supported_ranks: _Optional[_Iterable[int]] = ..., architecture: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., loss_fns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SaveCheckpointRequest(_message.Message):
     __slots__ = ("name", "kind", "ttl_seconds", "overwrite", "renderer_name", "ephemeral")

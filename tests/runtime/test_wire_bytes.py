@@ -1,11 +1,12 @@
-"""Plans assembled from pre-serialized ops are exactly the TrainerCommand protobuf would send."""
+"""Messages written as wire bytes are byte for byte what protobuf would send: plans assembled
+from pre-serialized ops (checkpoint chunks: tests/checkpoints/test_checkpoint_client.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from treadle.v1 import common_pb2, trainer_pb2
-from treadle_scheduler.plans import encode_plan
+from treadle_runtime.wire_bytes import plan_command
 
 
 def ops(count: int) -> list[trainer_pb2.PlannedOp]:
@@ -18,11 +19,11 @@ def ops(count: int) -> list[trainer_pb2.PlannedOp]:
     ]
 
 
-@pytest.mark.parametrize("cycle", [1, 127, 128, 300_000, 2**40])
+@pytest.mark.parametrize("cycle", [0, 1, 127, 128, 300_000, 2**40])
 @pytest.mark.parametrize("count", [1, 2, 130])
 def test_plan_bytes_match_the_message(cycle: int, count: int) -> None:
     planned = ops(count)
-    raw = encode_plan(cycle, [op.SerializeToString() for op in planned])
+    raw = plan_command(cycle, [op.SerializeToString() for op in planned])
     message = trainer_pb2.TrainerCommand(plan=trainer_pb2.CyclePlan(cycle=cycle, ops=planned))
     assert raw == message.SerializeToString()
     assert trainer_pb2.TrainerCommand.FromString(raw).plan.ops[-1] == planned[-1]

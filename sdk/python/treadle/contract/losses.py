@@ -1,0 +1,146 @@
+"""Tinker's loss family as data: each loss's name, the inputs it needs, its config keys.
+
+This table is the one definition of the losses. The SDK checks a request against it before
+sending, the scheduler at its door and the trainer before running (all through
+`resolve_config` and `check_input`), the trainer's functions are keyed by these names
+(treadle_trainer/losses.py), and capabilities list the names a trainer runs.
+
+With lp the learner logprob of each target token, q the sampler logprob (`logprobs` input),
+A the advantage and r = exp(lp - q), each loss is, per token:
+
+    cross_entropy        -w·lp                                   (w = `weights`, default 1)
+    importance_sampling  -r·A
+    ppo                  -min(r·A, clip(r, lo, hi)·A)            lo 0.8, hi 1.2 by default
+    cispo                -stopgrad(clip(r, lo, hi))·lp·A         lo 0.0, hi 4.0 by default
+    dro                  -(lp·A - ½·β·(lp - q)²)                 β required
+
+and an op's loss is the plain SUM over its tokens and datums (no normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from treadle.errors import bad_field
+
+CROSS_ENTROPY = "cross_entropy"
+IMPORTANCE_SAMPLING = "importance_sampling"
+PPO = "ppo"
+CISPO = "cispo"
+DRO = "dro"
+# the same names for type checkers (Tinker's LossFnType); a test keeps it equal to LOSSES
+LossName = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"]
+
+CLIP_LOW = "clip_low_threshold"
+CLIP_HIGH = "clip_high_threshold"
+BETA = "beta"
+
+TARGET_TOKENS = "target_tokens"
+WEIGHTS = "weights"
+LOGPROBS = "logprobs"
+ADVANTAGES = "advantages"
+# every loss_fn_input a datum may carry, with the dtype it must travel as
+INPUT_DTYPES: Mapping[str, str] = {
+    TARGET_TOKENS: "int64",
+    WEIGHTS: "float32",
+    LOGPROBS: "float32",
+    ADVANTAGES: "float32",
+}
+RL_INPUTS = (TARGET_TOKENS, LOGPROBS, ADVANTAGES)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One loss: the loss_fn_inputs it requires and its config keys with their defaults."""
+
+    name: str
+    inputs: tuple[str, ...]
+    config: Mapping[str, float | None]  # accepted keys; a None default means required
+    ratio_metrics: bool = False  # also reports `ratio:mean` and `clip_fraction:mean`
+
+
+LOSSES: Mapping[str, Loss] = {
+    loss.name: loss
+    for loss in (
+        Loss(CROSS_ENTROPY, (TARGET_TOKENS,), {}),
+        Loss(IMPORTANCE_SAMPLING, RL_INPUTS, {}, ratio_metrics=True),
+        Loss(PPO, RL_INPUTS, {CLIP_LOW: 0.8, CLIP_HIGH: 1.2}, ratio_metrics=True),
+        Loss(CISPO, RL_INPUTS, {CLIP_LOW: 0.0, CLIP_HIGH: 4.0}, ratio_metrics=True),
+        Loss(DRO, RL_INPUTS, {BETA: None}),
+    )
+}
+CONFIG_KEYS = tuple(dict.fromkeys(key for loss in LOSSES.values() for key in loss.config))
+
+
+def loss_for(loss_fn: str, forward_only: bool = False, runs: tuple[str, ...] = ()) -> Loss:
+    """The Loss named `loss_fn` (a forward may leave it empty: cross_entropy); `runs`, when
+    given, are the losses the trainer in question runs. ValidationError naming `loss_fn`."""
+    name = loss_fn or (CROSS_ENTROPY if forward_only else "")
+    accepted = runs or tuple(LOSSES)
+    if name not in LOSSES or name not in accepted:
+        raise bad_field("loss_fn", f"unknown loss {loss_fn!r} (accepted: {', '.join(accepted)})")
+    return LOSSES[name]
+
+
+def resolve_config(loss: Loss, given: Mapping[str, float] | None) -> dict[str, float]:
+    """`loss`'s whole config: the given keys checked, defaults filled in; ValidationError
+    naming the first bad key."""
+    given = dict(given or {})
+    for key in sorted(given):  # a map's order is the sender's: name the same key everywhere
+        value, field = given[key], f"loss_fn_config.{key}"
+        if key not in loss.config:
+            accepted = ", ".join(loss.config) or "none"
+            raise bad_field(field, f"unknown key for {loss.name} (accepted: {accepted})")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad_field(field, f"must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise bad_field(field, f"must be finite, got {number}")
+    resolved: dict[str, float] = {}
+    for key, default in loss.config.items():
+        if key in given:
+            resolved[key] = float(given[key])
+        elif default is None:
+            raise bad_field(f"loss_fn_config.{key}", f"is required by {loss.name}")
+        else:
+            resolved[key] = default
+    if CLIP_LOW in resolved and resolved[CLIP_LOW] > resolved[CLIP_HIGH]:
+        raise bad_field(
+            f"loss_fn_config.{CLIP_LOW}",
+            f"{resolved[CLIP_LOW]} is above {CLIP_HIGH} {resolved[CLIP_HIGH]}",
+        )
+    if BETA in resolved and resolved[BETA] < 0:
+        raise bad_field(f"loss_fn_config.{BETA}", f"must be >= 0, got {resolved[BETA]}")
+    return resolved
+
+
+def check_input(path: str, name: str, array: np.ndarray, length: int) -> np.ndarray:
+    """One datum's loss_fn_input `name` (at `path`), checked: a known input of the datum's
+    length, int64 token ids or finite float32 values. ValidationError naming `path`."""
+    dtype = INPUT_DTYPES.get(name)
+    if dtype is None:
+        raise bad_field(path, f"unknown input (accepted: {', '.join(INPUT_DTYPES)})")
+    if array.shape != (length,):
+        raise bad_field(
+            path, f"shape {list(array.shape)} does not match model_input length {length}"
+        )
+    if array.dtype != np.dtype(dtype):
+        raise bad_field(path, f"dtype must be {dtype}, got {array.dtype}")
+    if dtype == "float32" and not np.isfinite(array).all():
+        position = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise bad_field(path, f"non-finite value {array[position]} at position {position}")
+    return array
+
+
+def check_required_inputs(path: str, loss: Loss, names: Container[str]) -> None:
+    """Every input `loss` requires is among `names` (the loss_fn_inputs of the datum at
+    `path`)."""
+    for name in loss.inputs:
+        if name not in names:
+            raise bad_field(f"{path}.loss_fn_inputs.{name}", f"is required by {loss.name}")

@@ -1,0 +1,143 @@
+"""The SDK, the scheduler and the trainer give one verdict on every loss request: all accept it,
+or all refuse it naming the same field (they read one table, treadle.contract.losses)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import typing
+
+import numpy as np
+import pytest
+
+from treadle import tensors, types, wire
+from treadle.contract import losses
+from treadle.errors import ValidationError
+from treadle.v1 import common_pb2, scheduler_pb2
+from treadle_runtime.errors import OpError
+from treadle_scheduler.validation import check_training_op
+from treadle_trainer.inputs import parse_forward_backward
+from treadle_trainer.losses import FUNCTIONS, RUNS
+
+VOCAB, MAX_SEQ_LEN = 100, 64
+VALID = {losses.CLIP_LOW: 0.5, losses.CLIP_HIGH: 1.5, losses.BETA: 0.1}
+BAD_VALUES = [math.nan, math.inf, -1.0]
+INPUTS = {
+    losses.TARGET_TOKENS: [2, 3, 4, 5],
+    losses.WEIGHTS: [1.0, 1.0, 0.5, 0.0],
+    losses.LOGPROBS: [-1.0, -0.5, -2.0, -1.5],
+    losses.ADVANTAGES: [0.0, 1.0, 1.0, -1.0],
+}
+
+
+def _dtype(name: str) -> type:
+    return np.int64 if losses.INPUT_DTYPES[name] == "int64" else np.float32
+
+
+def _field(check: typing.Callable[[], object]) -> str | None:
+    """None when `check` accepts; the field it names when it refuses."""
+    try:
+        check()
+    except (ValidationError, OpError) as exc:
+        assert exc.field, f"a refusal without a field: {exc}"
+        return exc.field
+    return None
+
+
+def verdicts(
+    loss_fn: str, config: dict[str, float], inputs: dict[str, list[float]], forward_only: bool
+) -> tuple[str | None, str | None, str | None]:
+    """(SDK, scheduler, trainer) verdicts on one forward_backward."""
+    arrays = {name: np.asarray(v, dtype=_dtype(name)) for name, v in inputs.items()}
+    datum = types.Datum(
+        types.ModelInput.from_ints([1, 2, 3, 4]),
+        {name: types.TensorData.from_numpy(array) for name, array in arrays.items()},
+    )
+
+    def sdk() -> None:
+        loss, _ = wire.check_loss(loss_fn, config, forward_only)
+        wire.datums_to_proto([datum], loss.name)
+
+    request = common_pb2.ForwardBackwardRequest(
+        loss_fn=loss_fn, loss_fn_config=config, forward_only=forward_only
+    )
+    message = request.data.add()
+    message.model_input.chunks.add().encoded_text.tokens.extend([1, 2, 3, 4])
+    for name, array in arrays.items():
+        message.loss_fn_inputs[name].CopyFrom(tensors.encode(array))
+    submit = scheduler_pb2.Submit(model_id="m", seq_id=1, forward_backward=request)
+
+    def scheduler() -> None:
+        check_training_op(submit, max_datums=16, max_tokens=1024, loss_fns=RUNS)
+
+    def trainer() -> None:
+        parse_forward_backward(request, VOCAB, MAX_SEQ_LEN)
+
+    return _field(sdk), _field(scheduler), _field(trainer)
+
+
+def config_cases() -> list[dict[str, float]]:
+    """Every subset of the config keys with valid values, then each key with each bad value,
+    and clip thresholds in the wrong order."""
+    cases = [
+        {key: VALID[key] for key in subset}
+        for size in range(len(losses.CONFIG_KEYS) + 1)
+        for subset in itertools.combinations(losses.CONFIG_KEYS, size)
+    ]
+    cases += [{key: bad} for key in losses.CONFIG_KEYS for bad in BAD_VALUES]
+    cases.append({losses.CLIP_LOW: 1.5, losses.CLIP_HIGH: 0.5})
+    return cases
+
+
+@pytest.mark.parametrize("loss_fn", list(losses.LOSSES))
+def test_every_config_combination_gets_one_verdict(loss_fn: str) -> None:
+    inputs = {name: INPUTS[name] for name in losses.LOSSES[loss_fn].inputs}
+    for config, forward_only in itertools.product(config_cases(), (False, True)):
+        sdk, scheduler, trainer = verdicts(loss_fn, config, inputs, forward_only)
+        assert sdk == scheduler == trainer, (
+            loss_fn,
+            config,
+            forward_only,
+            (sdk, scheduler, trainer),
+        )
+
+
+def test_beta_with_ppo_is_refused_by_all_three_naming_the_key() -> None:
+    inputs = {name: INPUTS[name] for name in losses.LOSSES[losses.PPO].inputs}
+    assert verdicts(losses.PPO, {losses.BETA: 0.1}, inputs, False) == ("loss_fn_config.beta",) * 3
+
+
+def test_dro_without_beta_is_refused_by_all_three() -> None:
+    inputs = {name: INPUTS[name] for name in losses.LOSSES[losses.DRO].inputs}
+    assert verdicts(losses.DRO, {}, inputs, False) == ("loss_fn_config.beta",) * 3
+
+
+@pytest.mark.parametrize("loss_fn", list(losses.LOSSES))
+def test_every_input_combination_gets_one_verdict(loss_fn: str) -> None:
+    for size in range(len(INPUTS) + 1):
+        for names in itertools.combinations(INPUTS, size):
+            inputs = {name: INPUTS[name] for name in names}
+            config = {key: VALID[key] for key in losses.LOSSES[loss_fn].config}
+            sdk, scheduler, trainer = verdicts(loss_fn, config, inputs, False)
+            # the scheduler's door checks no datum contents; SDK and trainer check them alike
+            assert scheduler is None
+            assert sdk == trainer, (loss_fn, names, (sdk, trainer))
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "forward_only"), [("hinge", False), ("hinge", True), ("", False), ("PPO", False)]
+)
+def test_unknown_losses_get_one_verdict(loss_fn: str, forward_only: bool) -> None:
+    targets = {losses.TARGET_TOKENS: INPUTS[losses.TARGET_TOKENS]}
+    assert verdicts(loss_fn, {}, targets, forward_only) == ("loss_fn",) * 3
+
+
+def test_a_forward_may_leave_the_loss_empty() -> None:
+    targets = {losses.TARGET_TOKENS: INPUTS[losses.TARGET_TOKENS]}
+    assert verdicts("", {}, targets, True) == (None,) * 3
+
+
+def test_the_trainer_runs_every_loss_of_the_table() -> None:
+    assert set(FUNCTIONS) == set(losses.LOSSES)
+    assert RUNS == tuple(losses.LOSSES)
+    assert typing.get_args(losses.LossName) == tuple(losses.LOSSES)
