@@ -52,7 +52,7 @@ def failure(detail: Any) -> RequestFailedError:
         detail.code,
         detail.message,
         CATEGORIES.get(detail.category, "unknown"),
-        detail.field,  # type: ignore[arg-type]
+        detail.field,
     )
 
 
