@@ -71,8 +71,8 @@ def _weights_info(info: common_pb2.CheckpointInfo) -> WeightsInfo:
 
 
 def _failed(exc: grpc.RpcError) -> RequestFailedError:
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    details: str = exc.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
+    details: str = exc.details() or ""
     return RequestFailedError(code.name, details, "server" if code in _SERVER_CODES else "user")
 
 

@@ -49,7 +49,7 @@ def failure(detail: Any) -> RequestFailedError:
         detail.code,
         detail.message,
         CATEGORIES.get(detail.category, "unknown"),
-        detail.field,  # type: ignore[arg-type]
+        detail.field,
     )
 
 

@@ -160,7 +160,7 @@ def merge_adapter(
         raise ValueError("base_model: the adapter does not name its base model; pass one")
     model = load_model(base_model, dtype=torch.float32)
     merged_weights(model, adapter)
-    model.to(dtype=DTYPES[dtype])
+    model.to(dtype=DTYPES[dtype])  # type: ignore[call-arg]  # transformers' @wraps hides self
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -59,7 +59,7 @@ def peft_lora_config(spec: LoraSpec) -> LoraConfig:
     """The PEFT LoraConfig of `spec` (also what a saved adapter_config.json holds)."""
     return LoraConfig(
         r=spec.rank,
-        lora_alpha=spec.effective_alpha,
+        lora_alpha=spec.effective_alpha,  # type: ignore[arg-type]  # peft says int; it divides by it
         target_modules=spec.target_modules(),
         lora_dropout=0.0,
         bias="none",

@@ -111,7 +111,7 @@ def _onednn_linear() -> Callable[..., torch.Tensor] | None:
                 return None
     except (AttributeError, RuntimeError, TypeError):
         return None
-    return linear  # type: ignore[no-any-return]
+    return linear
 
 
 _ONEDNN_LINEAR = _onednn_linear()
@@ -122,7 +122,7 @@ def _onednn(x: torch.Tensor) -> bool:
         _ONEDNN_LINEAR is not None
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)  # torch types it ContextProp; it reads a bool
     )
 
 

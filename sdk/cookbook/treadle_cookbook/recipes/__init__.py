@@ -103,11 +103,12 @@ def run_recipe(
 ) -> int:
     """`check` the data (before any mesh starts), run against the flags' mesh, print the report;
     `errors` (and ValueError) become one line on stderr and exit code 2."""
+    caught: tuple[type[Exception], ...] = (*errors, ValueError)
     try:
         check()
         with connect(args, args.base_model) as service:
             report = run(service, args)
-    except (*errors, ValueError) as error:
+    except caught as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_report(report)

@@ -190,8 +190,8 @@ def run(service: treadle.ServiceClient, args: argparse.Namespace) -> dict[str, A
         sft = sft_train(
             service, sft_config, SupervisedDataset(datums, args.batch_size, None, args.seed)
         )
-        student = service.create_sampling_client(model_path=sft.sampler_path)
-        after = asyncio.run(evaluator.evaluate(student))
+        student_sampler = service.create_sampling_client(model_path=sft.sampler_path)
+        after = asyncio.run(evaluator.evaluate(student_sampler))
         checkpoint = sft.state_path
     return write_report(
         log_dir,

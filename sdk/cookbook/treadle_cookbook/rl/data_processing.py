@@ -79,10 +79,10 @@ def _datum(
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
-            "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-            "logprobs": np.asarray(logprobs[1:], dtype=np.float32),
-            "advantages": np.asarray(advantages[1:], dtype=np.float32),
-            "mask": np.asarray(mask[1:], dtype=np.float32),
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "logprobs": types.TensorData.from_numpy(np.asarray(logprobs[1:], dtype=np.float32)),
+            "advantages": types.TensorData.from_numpy(np.asarray(advantages[1:], dtype=np.float32)),
+            "mask": types.TensorData.from_numpy(np.asarray(mask[1:], dtype=np.float32)),
         },
     )
 
