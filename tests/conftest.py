@@ -1,11 +1,11 @@
 """Fixtures shared by every test: real servers on loopback, a real S3 server, tiny models.
 
 Tests are also marked here by what they need, so that `make unit` can leave out the slow ones
-(markers registered in pyproject.toml): `mesh` for a test that uses service processes (the
-session mesh, a mesh of its own, SeaweedFS), `e2e` for tests/e2e, `deploy` for tests/deploy and
-`go` for the tests that build Go code. Marking by fixture and folder keeps a new test in the
-right set without anyone remembering to mark it; a test that starts processes in its own body
-carries an explicit `pytestmark`.
+(markers registered in pyproject.toml): `mesh` for a test that uses processes (the session mesh,
+a mesh of its own, SeaweedFS, a service, a model conversion), `e2e` for tests/e2e, `deploy` for
+tests/deploy and `go` for the tests that build Go code. Marking by fixture and folder keeps a new
+test in the right set without anyone remembering to mark it; a test that starts processes in its
+own body, out of sight of these rules, carries an explicit `pytest.mark.mesh`.
 """
 
 import os
