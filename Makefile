@@ -1,11 +1,12 @@
-# Treadle: `make demo` runs the flagship job on a local mesh; `make test` runs every test.
-# Both set up what they need first (Debian packages, the pinned .venv, editable packages).
+# Treadle: `make demo` runs the flagship job on a local mesh; `make test` runs every test;
+# `make unit` the fast ones (no mesh, Go or deploy tools).
+# All three set up what they need first (Debian packages, the pinned .venv, editable packages).
 VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup proto demo test lint typecheck up clean
+.PHONY: setup proto demo test unit lint typecheck up clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +29,10 @@ typecheck: setup
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest -q tests
+
+# the tests that need no service processes, Go or deploy tools: the loop while developing
+unit: setup
+	$(VENV)/bin/pytest -q -m "not mesh and not e2e and not go and not deploy" tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,8 +35,9 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 
 from treadle_models import LoraSpec, load_model, peft_lora_config
 from treadle_models.adapter_files import adapter_files
+from treadle_models.cache import cache_dir
 from treadle_models.devices import DTYPES
-from treadle_models.sources import SMOLLM2, cache_dir
+from treadle_models.sources import SMOLLM2
 from treadle_sampler.engine import SamplingOptions
 from treadle_sampler.local_adapters import write_peft_folder
 from treadle_sampler.torch_engine import TorchEngine

@@ -1,13 +1,21 @@
 """Base models by name: the tiny Llama, Qwen2 and Qwen3 configs build the same frozen weights in
 every process, report what capabilities need (vocabulary, length limit, architecture, ranks),
-load in float32 or bfloat16, and unknown names are refused with the names that exist."""
+load in float32 or bfloat16, and unknown names are refused with the names that exist. Two
+processes converting SmolLM2 at once on an empty cache both get the same complete folder."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import AutoConfig, AutoTokenizer
 
 from treadle_models import UnknownModelError, load_model, model_spec
+from treadle_models.cache import MARKER, is_complete
 from treadle_models.lora import SUPPORTED_RANKS
 
 FAMILIES = {
@@ -39,3 +47,38 @@ def test_a_model_loads_in_bfloat16_for_the_gpu_setting():
 def test_an_unknown_name_is_refused_with_the_known_ones():
     with pytest.raises(UnknownModelError, match="treadle/tiny-qwen3"):
         model_spec("nobody/no-such-model")
+
+
+# waits on stdin once torch is imported, so that both processes reach the cache together
+_CONVERT = (
+    "import sys; from treadle_models.sources import smollm2_dir; print('ready', flush=True); "
+    "sys.stdin.readline(); print(smollm2_dir(), flush=True)"
+)
+
+
+@pytest.mark.mesh  # two conversion processes: about a minute
+def test_two_processes_converting_at_once_share_one_complete_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "TREADLE_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    converters = [
+        subprocess.Popen([sys.executable, "-c", _CONVERT], text=True, env=env, **pipes)
+        for _ in range(2)
+    ]
+    for converter in converters:
+        assert converter.stdout is not None and converter.stdout.readline() == "ready\n"
+    for converter in converters:
+        assert converter.stdin is not None
+        converter.stdin.write("go\n")
+        converter.stdin.flush()
+    outputs = [converter.communicate(timeout=240) for converter in converters]
+    for converter, (_, err) in zip(converters, outputs, strict=True):
+        assert converter.returncode == 0, err[-3000:]
+    folders = {Path(out.strip()) for out, _ in outputs}
+    assert folders == {tmp_path / "models" / "SmolLM2-135M-Instruct"}
+    folder = folders.pop()
+    assert is_complete(folder) and (folder / MARKER).exists()
+    assert sum("de-quantizing" in err for _, err in outputs) == 1, "converted more than once"
+    assert AutoConfig.from_pretrained(folder, local_files_only=True).vocab_size == 49152
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert tokenizer.decode(tokenizer.encode("12 + 7 =")) == "12 + 7 ="
+    assert not [p.name for p in folder.parent.iterdir() if ".tmp" in p.name]

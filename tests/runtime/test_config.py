@@ -47,6 +47,7 @@ def test_bad_values_name_the_flag(argv: list[str], env: dict[str, str], names: s
         load_config(ExampleConfig, argv, env, service="example")
 
 
+@pytest.mark.mesh  # starts each service's process (torch's import alone takes seconds)
 @pytest.mark.parametrize(
     "module", ["treadle_scheduler", "treadle_trainer", "treadle_sampler", "treadle_checkpoints"]
 )

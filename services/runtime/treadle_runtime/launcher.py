@@ -1,6 +1,10 @@
 """`treadle up`: the whole mesh as local processes (SeaweedFS, checkpoints, trainer, sampler,
 scheduler), each started once its dependencies answer health checks, and all stopped together.
 
+Before any worker starts, the served models are prepared once, in one process of their own
+(`python -m treadle_models.prepare`): on an empty cache SmolLM2 is converted from its GGUF there,
+rather than by every trainer and sampler at the same moment, and this package imports no torch.
+
 Every service runs as `python -m treadle_<service>` with its flags, logs to
 `<data_dir>/logs/<service>.log`, and dies with the launcher (PR_SET_PDEATHSIG, set by the service
 itself: lifetime.py), so an interrupted launcher leaves no orphans. `LocalMesh` is also what the
@@ -52,6 +56,10 @@ class UpConfig:
     )
     metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
     startup_timeout: float = field(default=120.0, metadata={"help": "seconds to become healthy"})
+    prepare_timeout: float = field(
+        default=600.0,
+        metadata={"help": "seconds to prepare the models first (SmolLM2's conversion: ~30 s)"},
+    )
 
     def base_models(self) -> list[str]:
         """The base models served (each gets its own trainers and samplers)."""
@@ -67,6 +75,8 @@ class UpConfig:
             raise ValueError("trainers, samplers: at least one of each")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
+        if self.prepare_timeout <= 0:
+            raise ValueError(f"prepare_timeout: must be > 0, got {self.prepare_timeout}")
 
     def worker_threads(self) -> tuple[int, int]:
         """torch threads of each (trainer, sampler) unless `torch_threads` sets both: the
@@ -108,13 +118,13 @@ def wait_healthy(
     raise RuntimeError(f"not healthy at {address} after {timeout:.0f}s")
 
 
+def _environment() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def _launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        LAUNCHER_PID: str(os.getpid()),  # the service dies with this process (lifetime.py)
-    }
+    # the service dies with this process (lifetime.py)
+    env = {**_environment(), LAUNCHER_PID: str(os.getpid())}
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             command,
@@ -123,6 +133,25 @@ def _launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             env=env,
         )
+
+
+def prepare_models(models: list[str], timeout: float) -> None:
+    """Build what `models` need before any service loads them, in a process of its own
+    (`python -m treadle_models.prepare`); RuntimeError with its output if it fails."""
+    for model in models:
+        print(f"preparing model {model} ...", flush=True)
+    command = [sys.executable, "-m", "treadle_models.prepare", *models]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=_environment()
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"preparing {', '.join(models)} took longer than {timeout:g}s (prepare_timeout)"
+        ) from None
+    if done.returncode != 0:
+        output = (done.stderr.strip() or done.stdout.strip())[-4000:]
+        raise RuntimeError(f"preparing {', '.join(models)} failed:\n{output}")
 
 
 @dataclass
@@ -223,8 +252,9 @@ class LocalMesh:
                 ) from None
 
     def start(self) -> None:
-        """Start every part and wait until each is healthy."""
+        """Prepare the models, then start every part and wait until each is healthy."""
         config = self.config
+        prepare_models(config.base_models(), config.prepare_timeout)
         deadline = time.monotonic() + config.startup_timeout
         self.s3 = start_s3_server(self.data_dir / "s3", timeout=config.startup_timeout)
         checkpoints = self._spawn(

@@ -12,7 +12,6 @@ SmolLM2 from its converted cache, and the tiny test models are saved once to the
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import socket
 import subprocess
@@ -34,10 +33,10 @@ log = logging.getLogger(__name__)
 
 def model_folder(base_model: str) -> Path:
     """A Hugging Face folder of `base_model` that SGLang can load."""
+    from treadle_models import cache
     from treadle_models.sources import (
         SMOLLM2,
         TINY_CONFIGS,
-        cache_dir,
         load_model,
         load_tokenizer,
         smollm2_dir,
@@ -47,16 +46,16 @@ def model_folder(base_model: str) -> Path:
         return smollm2_dir()
     if base_model not in TINY_CONFIGS:
         return Path(base_model)
-    target = cache_dir() / "models" / base_model.replace("/", "--")
-    if not (target / "config.json").exists():
-        partial = target.with_name(target.name + f".tmp{os.getpid()}")
-        load_model(base_model).save_pretrained(partial)
+
+    def build(folder: Path) -> None:
+        load_model(base_model).save_pretrained(folder)
         try:
-            load_tokenizer(base_model).save_pretrained(partial)
+            load_tokenizer(base_model).save_pretrained(folder)
         except (OSError, ValueError) as exc:
             log.warning("tiny model saved without a tokenizer", extra={"reason": str(exc)})
-        partial.rename(target)
-    return target
+
+    # several samplers of one model may start at once: cached_folder builds it once
+    return cache.cached_folder(cache.model_folder(base_model.replace("/", "--")), build)
 
 
 def launch_command(
