@@ -92,3 +92,27 @@ def test_session_survives_a_minute_of_cpu_bound_user_code(make_scheduler: Schedu
             assert total > 0
             result = training.forward_backward(token_batch()).result(timeout=60)
             assert result.metrics["loss:sum"] > 0
+
+
+def test_a_session_that_cannot_be_restored_fails_later_requests_at_once(mesh: LocalMesh) -> None:
+    """Once the SDK gives up reconnecting, nothing can answer a request any more: each later one
+    fails at once with the reason, instead of waiting forever."""
+    with cuttable_proxy(mesh.endpoint) as proxy:
+        service = treadle.ServiceClient(
+            base_url=proxy.address, api_key=mesh.api_key, reconnect_attempts=0
+        )
+        training = service.create_lora_training_client(BASE_MODEL, rank=4)
+        training.forward(token_batch(seed=3)).result(timeout=60)
+        proxy.cut()
+        deadline = time.monotonic() + 30
+        while service.connection._ended is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(treadle.RequestFailedError) as lost:
+            training.forward(token_batch(seed=3)).result(timeout=5)
+        assert lost.value.code == "UNAVAILABLE"
+        service.close()
+    with treadle.ServiceClient(base_url=mesh.endpoint, api_key=mesh.api_key) as service:
+        training = service.create_lora_training_client(BASE_MODEL, rank=4)
+    with pytest.raises(treadle.RequestFailedError) as closed:  # a request after close()
+        training.forward(token_batch(seed=3)).result(timeout=5)
+    assert closed.value.code == "CANCELLED"

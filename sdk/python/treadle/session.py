@@ -8,7 +8,9 @@ If the stream breaks, the connection reopens it with the same session id and re-
 request still unanswered: training requests keep their (model_id, seq_id), which the scheduler
 treats as the same request, so a retry never runs twice. A loss is worth a warning only while
 requests wait on it: an idle connection (a script past its last result, a mesh stopped after it)
-reconnects quietly.
+reconnects quietly. Once the session is over for good (the scheduler ended it, reconnecting gave
+up, or close() was called) every waiting request fails with the reason, and so does every later
+one, at once.
 
 A script that ends without close() still ends its session cleanly: live connections are closed
 at interpreter exit (atexit, through weak references), so no task of the loop is left pending.
@@ -94,6 +96,7 @@ class Connection:
         self._thread.start()
         self._outbox: Outbox | None = None
         self._closed = False
+        self._ended: Exception | None = None  # why the session is over, once it is
         try:
             self.run(self._start()).result(timeout=connect_timeout)
         except BaseException:
@@ -114,7 +117,12 @@ class Connection:
         submit = build(request_id)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
-            self._pending[request_id] = (submit, future)
+            ended = self._ended
+            if ended is None:
+                self._pending[request_id] = (submit, future)
+        if ended is not None:  # nothing would ever answer it
+            future.set_exception(ended)
+            return future
         self._loop.call_soon_threadsafe(self._send, scheduler_pb2.ClientMessage(submit=submit))
         return future
 
@@ -154,6 +162,7 @@ class Connection:
             return
         self._closed = True
         _live.discard(self)
+        self._end(RequestFailedError("CANCELLED", "the client was closed", "user"))
         try:
             self.run(self._stop()).result(timeout=10)
         except Exception:  # already broken: nothing left to close cleanly
@@ -198,7 +207,10 @@ class Connection:
         while True:
             try:
                 await self._serve_stream(opened)
-                return  # the server ended the session
+                self._end(
+                    RequestFailedError("UNAVAILABLE", "the scheduler ended the session", "server")
+                )
+                return
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -211,9 +223,7 @@ class Connection:
                     )
                     return
                 if not _transient(exc) or failures > self.reconnect_attempts:
-                    self._fail_all(
-                        RequestFailedError(exc.code().name, exc.details() or "", "server")
-                    )
+                    self._end(RequestFailedError(exc.code().name, exc.details() or "", "server"))
                     return
                 with self._lock:
                     waiting = len(self._pending)
@@ -257,8 +267,8 @@ class Connection:
                 elif kind == "error":
                     if message.error.request_id:
                         self._resolve(message.error.request_id, error=failure(message.error.error))
-                    else:
-                        self._fail_all(failure(message.error.error))
+                    else:  # the session itself failed (released, or refused)
+                        self._end(failure(message.error.error))
                         return
         finally:
             heartbeat.cancel()
@@ -286,8 +296,11 @@ class Connection:
         else:
             future.set_result(result)
 
-    def _fail_all(self, error: Exception) -> None:
+    def _end(self, error: Exception) -> None:
+        """The session is over: fail what waits, and every later submit, with `error`."""
         with self._lock:
+            if self._ended is None:
+                self._ended = error
             pending, self._pending = self._pending, {}
         for _, future in pending.values():
             if not future.done():
