@@ -22,6 +22,7 @@ from peft import get_peft_model
 
 import treadle
 from treadle import types
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle.v1 import common_pb2
 from treadle.wire import datums_to_proto
 from treadle_models import LoraSpec, load_model, peft_lora_config, target_logprobs
@@ -64,7 +65,7 @@ def engine_forward_ms(calls: int = 20) -> float:
     engine.create_adapter("bench", "tenant", LoraSpec(rank=8), seed=0)
     small = [types.Datum(types.ModelInput.from_ints(SMALL_INPUT), {"target_tokens": SMALL_TARGETS})]
     request = common_pb2.ForwardBackwardRequest(
-        data=datums_to_proto(small, "cross_entropy"), loss_fn="cross_entropy", forward_only=True
+        data=datums_to_proto(small, CROSS_ENTROPY), loss_fn=CROSS_ENTROPY, forward_only=True
     )
     times = []
     for _ in range(calls + 2):

@@ -28,6 +28,7 @@ from common import (
     write_results,
 )
 
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle.v1 import common_pb2
 from treadle_models.lora import LoraSpec
 from treadle_models.sources import SMOLLM2
@@ -44,7 +45,7 @@ def _batches(engine: TrainerEngine, tenants: int, datums: int, tokens: int) -> l
         parse_forward_backward(
             common_pb2.ForwardBackwardRequest(
                 data=next_token_datums(datums, tokens, seed=i, vocab=engine.spec.vocab_size),
-                loss_fn="cross_entropy",
+                loss_fn=CROSS_ENTROPY,
             ),
             engine.spec.vocab_size,
             engine.spec.max_seq_len,

@@ -27,6 +27,7 @@ from local_mesh import local_mesh, scrape
 
 import treadle
 from treadle import types
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle.tensors import decode
 from treadle_runtime.launcher import LocalMesh
 from treadle_trainer.flops import measure_matmul_peak
@@ -71,7 +72,7 @@ class Tenant(threading.Thread):
 
     def step(self) -> None:
         """One pipelined step (forward_backward and optim_step submitted together)."""
-        fb = self.training.forward_backward(self.data, "cross_entropy")
+        fb = self.training.forward_backward(self.data, CROSS_ENTROPY)
         opt = self.training.optim_step(types.AdamParams(learning_rate=1e-4))
         fb.result()
         opt.result()

@@ -1,9 +1,10 @@
 """Writes the Go client's copy of the loss contract from its one definition.
 
 The Go client checks a batch before sending it, as the Python SDK does, against the same table
-(treadle.contract.losses): which losses exist, the inputs each requires and the dtype of each
-input. This script renders that table as Go (gofmt-formatted) into the file named on the command
-line; scripts/proto.sh runs it, and tests/test_codegen.py checks the committed file is current.
+(treadle.contract.losses): which losses exist (as Go constants), the inputs each requires and
+the dtype of each input. This script renders that table as Go (gofmt-formatted) into the file
+named on the command line; scripts/proto.sh runs it, and tests/test_codegen.py checks the
+committed file is current.
 
 Usage: python scripts/contract_go.py OUT.go
 """
@@ -23,13 +24,22 @@ package client
 """
 
 
+def _go_name(loss: str) -> str:
+    """cross_entropy -> CrossEntropy; a one-word name is an initialism (ppo -> PPO), which Go
+    spells in one case."""
+    parts = loss.split("_")
+    return parts[0].upper() if len(parts) == 1 else "".join(p.capitalize() for p in parts)
+
+
 def render() -> str:
     """The Go source of the loss table."""
-    lines = [HEADER, "// lossInputs are the loss_fn_inputs each loss requires.",
-             "var lossInputs = map[string][]string{"]  # fmt: skip
+    lines = [HEADER, "// The loss functions, by their wire names.", "const ("]
+    lines += [f'\t{_go_name(name)} = "{name}"' for name in losses.LOSSES]
+    lines += [")", "", "// lossInputs are the loss_fn_inputs each loss requires.",
+              "var lossInputs = map[string][]string{"]  # fmt: skip
     for loss in losses.LOSSES.values():
         inputs = ", ".join(f'"{name}"' for name in loss.inputs)
-        lines.append(f'\t"{loss.name}": {{{inputs}}},')
+        lines.append(f"\t{_go_name(loss.name)}: {{{inputs}}},")
     lines += ["}", "", "// inputDTypes are the loss_fn_inputs a datum may carry, and their dtypes.",
               "var inputDTypes = map[string]string{"]  # fmt: skip
     for name, dtype in losses.INPUT_DTYPES.items():

@@ -12,7 +12,7 @@
 //	c, err := client.Dial(ctx, "localhost:8470", apiKey)
 //	session, err := c.OpenSession(ctx)
 //	model, err := session.CreateModel(ctx, "treadle/tiny-llama", 8)
-//	fb := model.ForwardBackward(data, "cross_entropy")
+//	fb := model.ForwardBackward(data, client.CrossEntropy)
 //	step := model.OptimStep(client.Adam(5e-3))
 //	result, err := fb.Wait(ctx) // result.GetForwardBackward().GetMetrics()["loss:sum"]
 package client

@@ -2,13 +2,22 @@
 
 package client
 
+// The loss functions, by their wire names.
+const (
+	CrossEntropy       = "cross_entropy"
+	ImportanceSampling = "importance_sampling"
+	PPO                = "ppo"
+	CISPO              = "cispo"
+	DRO                = "dro"
+)
+
 // lossInputs are the loss_fn_inputs each loss requires.
 var lossInputs = map[string][]string{
-	"cross_entropy":       {"target_tokens"},
-	"importance_sampling": {"target_tokens", "logprobs", "advantages"},
-	"ppo":                 {"target_tokens", "logprobs", "advantages"},
-	"cispo":               {"target_tokens", "logprobs", "advantages"},
-	"dro":                 {"target_tokens", "logprobs", "advantages"},
+	CrossEntropy:       {"target_tokens"},
+	ImportanceSampling: {"target_tokens", "logprobs", "advantages"},
+	PPO:                {"target_tokens", "logprobs", "advantages"},
+	CISPO:              {"target_tokens", "logprobs", "advantages"},
+	DRO:                {"target_tokens", "logprobs", "advantages"},
 }
 
 // inputDTypes are the loss_fn_inputs a datum may carry, and their dtypes.

@@ -78,7 +78,7 @@ func (m *TrainingModel) forwardBackward(
 	data []*treadlev1.Datum, lossFn string, forwardOnly bool,
 ) *Future {
 	if lossFn == "" {
-		lossFn = "cross_entropy"
+		lossFn = CrossEntropy
 	}
 	if err := checkData(data, lossFn); err != nil {
 		return failedFuture(err)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from treadle import wire
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle.errors import ValidationError
 from treadle.futures import APIFuture
 from treadle.types import (
@@ -94,7 +95,7 @@ class TrainingClient:
     def forward_backward(
         self,
         data: Sequence[Datum],
-        loss_fn: str = "cross_entropy",
+        loss_fn: str = CROSS_ENTROPY,
         loss_fn_config: dict[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Compute the loss and accumulate its gradient (applied by the next optim_step)."""
@@ -103,7 +104,7 @@ class TrainingClient:
     def forward(
         self,
         data: Sequence[Datum],
-        loss_fn: str = "cross_entropy",
+        loss_fn: str = CROSS_ENTROPY,
         loss_fn_config: dict[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Compute logprobs and loss without accumulating a gradient."""
@@ -125,7 +126,7 @@ class TrainingClient:
         plain = [
             Datum(d.model_input, {"target_tokens": d.loss_fn_inputs["target_tokens"]}) for d in data
         ]
-        forward_request = self._fb_request(plain, "cross_entropy", None, forward_only=True)
+        forward_request = self._fb_request(plain, CROSS_ENTROPY, None, forward_only=True)
         first = self._reserve(2)  # the forward and the backward keep their place in the order
         forward = self._run_fb(forward_request, first)
         result: concurrent.futures.Future[ForwardBackwardOutput] = concurrent.futures.Future()
@@ -154,7 +155,7 @@ class TrainingClient:
                     )
                     for d, lp in zip(plain, logprobs, strict=True)
                 ]
-                request = self._fb_request(weighted, "cross_entropy", None, forward_only=False)
+                request = self._fb_request(weighted, CROSS_ENTROPY, None, forward_only=False)
                 sent = True
                 inner = self._run_fb(request, first + 1).result()
                 inner.metrics = {**inner.metrics, **metrics, "loss:sum": float(loss.detach())}

@@ -14,6 +14,7 @@ import numpy as np
 
 import treadle
 from treadle import types
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle_cookbook.eval.runner import BenchmarkConfig, run_benchmark
 from treadle_cookbook.renderers import Renderer
 
@@ -46,7 +47,7 @@ class NLLEvaluator:
 
     def __call__(self, training_client: treadle.TrainingClient) -> dict[str, float]:
         futures = [
-            training_client.forward(self.datums[i : i + self.chunk], "cross_entropy")
+            training_client.forward(self.datums[i : i + self.chunk], CROSS_ENTROPY)
             for i in range(0, len(self.datums), self.chunk)
         ]
         loss = sum(future.result().metrics["loss:sum"] for future in futures)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from treadle import TrainingClient, types
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle_cookbook.preference.data import PreferenceDataset
 from treadle_cookbook.run_log import RunLog, plot_metrics
 
@@ -88,7 +89,7 @@ def reply_logprobs(
     """Σ w·lp of every datum under the training client's current weights (batched forwards,
     all submitted before any is awaited)."""
     futures = [
-        training_client.forward(list(data[i : i + chunk]), "cross_entropy")
+        training_client.forward(list(data[i : i + chunk]), CROSS_ENTROPY)
         for i in range(0, len(data), chunk)
     ]
     outputs = [out for future in futures for out in future.result().loss_fn_outputs]

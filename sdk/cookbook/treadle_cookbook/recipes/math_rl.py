@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import treadle
+from treadle.contract.losses import IMPORTANCE_SAMPLING
 from treadle_cookbook.recipes import (
     DEFAULT_BASE_MODEL,
     add_service_args,
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-size", type=int, default=6, help="answers per problem")
     parser.add_argument("--max-tokens", type=int, default=12, help="tokens per answer")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--loss-fn", default="importance_sampling", choices=RL_LOSSES)
+    parser.add_argument("--loss-fn", default=IMPORTANCE_SAMPLING, choices=RL_LOSSES)
     parser.add_argument("--num-substeps", type=int, default=1, help="optimizer steps per batch")
     parser.add_argument("--kl-penalty-coef", type=float, default=0.0, help="KL to the base (0=off)")
     parser.add_argument("--format-coef", type=float, default=0.1)

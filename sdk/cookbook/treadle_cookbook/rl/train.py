@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treadle import SamplingClient, TrainingClient, types
+from treadle.contract.losses import IMPORTANCE_SAMPLING
 from treadle_cookbook.completers import TreadleTokenCompleter
 from treadle_cookbook.rl.metrics import compute_kl_sample_train, compute_trajectory_metrics
 from treadle_cookbook.rl.rollouts import do_group_rollout
@@ -69,7 +70,7 @@ class Config:
     learning_rate: float = 4e-5  # Adam learning rate
     max_tokens: int = 32  # tokens per sampled action
     temperature: float = 1.0  # sampling temperature (1.0 keeps sampler and learner consistent)
-    loss_fn: str = "importance_sampling"  # importance_sampling | ppo | cispo
+    loss_fn: str = IMPORTANCE_SAMPLING  # one of RL_LOSSES
     loss_fn_config: dict[str, float] | None = None  # clip_low_threshold, clip_high_threshold
     num_substeps: int = 1  # optimizer steps per batch (more than one wants ppo)
     kl_penalty_coef: float = 0.0  # coef of the KL penalty against the reference (0 = off)

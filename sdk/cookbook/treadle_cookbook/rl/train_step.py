@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from treadle import SamplingClient, TrainingClient, types
+from treadle.contract.losses import CISPO, IMPORTANCE_SAMPLING, PPO
 from treadle_cookbook.rl.data_processing import (
     assemble_training_data,
     compute_advantages,
@@ -22,7 +23,7 @@ from treadle_cookbook.rl.data_processing import (
 from treadle_cookbook.rl.metrics import compute_kl_sample_train, incorporate_kl_penalty
 from treadle_cookbook.rl.types import TrajectoryGroup
 
-RL_LOSSES = ("importance_sampling", "ppo", "cispo")
+RL_LOSSES = (IMPORTANCE_SAMPLING, PPO, CISPO)
 
 
 def split_list(items: Sequence[types.Datum], parts: int) -> list[list[types.Datum]]:

@@ -23,6 +23,7 @@ import numpy as np
 
 import treadle
 from treadle import types
+from treadle.contract.losses import CROSS_ENTROPY
 from treadle_cookbook.eval.evaluators import SamplingClientEvaluator, TrainingClientEvaluator
 from treadle_cookbook.run_log import RunLog, plot_metrics, read_metrics
 from treadle_cookbook.supervised.checkpoints import last_checkpoint, record_checkpoint
@@ -120,7 +121,7 @@ def train(
             adam = types.AdamParams(**{**config.adam, "learning_rate": lr})
             current = _Pending(
                 step=step,
-                forward_backward=client.forward_backward(batch, "cross_entropy"),
+                forward_backward=client.forward_backward(batch, CROSS_ENTROPY),
                 optim=client.optim_step(adam),
                 metrics={
                     **metrics,

@@ -93,7 +93,7 @@ func run(
 	}
 	adam := client.Adam(learningRate)
 	submit := func() step {
-		return step{model.ForwardBackward(batch, "cross_entropy"), model.OptimStep(adam)}
+		return step{model.ForwardBackward(batch, client.CrossEntropy), model.OptimStep(adam)}
 	}
 
 	inFlight := []step{submit()}
