@@ -84,16 +84,11 @@ def test_unknown_loss_is_refused_by_client_and_server(mesh: LocalMesh) -> None:
         request = common_pb2.ForwardBackwardRequest(loss_fn="hinge")
         request.data.add().model_input.chunks.add().encoded_text.tokens.extend([1, 2, 3])
 
-        def build(request_id: str) -> scheduler_pb2.Submit:
-            return scheduler_pb2.Submit(
-                request_id=request_id,
-                model_id=training.model_id,
-                seq_id=1,
-                forward_backward=request,
-            )
-
+        submit = scheduler_pb2.Submit(
+            model_id=training.model_id, seq_id=1, forward_backward=request
+        )
         with pytest.raises(treadle.RequestFailedError) as failure:
-            service.connection.submit(build).result(timeout=30)
+            service.connection.submit(submit).result(timeout=30)
         assert failure.value.code == "INVALID_ARGUMENT"
         assert failure.value.field == "loss_fn" and "hinge" in failure.value.message
 

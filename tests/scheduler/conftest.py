@@ -31,12 +31,8 @@ class Raw:
     def submit(self, seq_id: int, **op: Any) -> Any:
         """Submit one op (`forward_backward=...` or `optim_step=...`); a future of its Result."""
 
-        def build(request_id: str) -> scheduler_pb2.Submit:
-            return scheduler_pb2.Submit(
-                request_id=request_id, model_id=self.model_id, seq_id=seq_id, **op
-            )
-
-        return self.service.connection.submit(build)
+        submit = scheduler_pb2.Submit(model_id=self.model_id, seq_id=seq_id, **op)
+        return self.service.connection.submit(submit)
 
     def fb(self, seq_id: int, data: list[types.Datum]) -> Any:
         """A forward_backward."""

@@ -14,7 +14,7 @@ import pytest
 import treadle
 from fixtures.data import token_batch
 from fixtures.scheduler import SchedulerFactory
-from treadle.v1 import scheduler_pb2, scheduler_pb2_grpc
+from treadle.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from .conftest import TINY, Raw, client, fb_request
 
@@ -206,3 +206,45 @@ def test_checkpoint_admin_of_another_tenant_is_not_found(make_scheduler: Schedul
                 assert failure.value.code == "NOT_FOUND"
             mine = a.create_rest_client().list_checkpoints(training.model_id).result(timeout=30)
             assert [c.path for c in mine] == [path]
+
+
+def test_a_numbered_model_is_named_by_its_number_and_created_once(
+    make_scheduler: SchedulerFactory,
+) -> None:
+    """Tinker names a model `{session}:train:{model_seq_id}` and retries its creation with the
+    same number: the retry is the same model, and unnumbered models come after the numbers."""
+    with make_scheduler() as address, client(address) as service:
+        lora = common_pb2.LoraConfig(rank=4)
+
+        def create(**number: int) -> scheduler_pb2.CreateModelResponse:
+            request = scheduler_pb2.CreateModelRequest(
+                session_id=service.session_id, base_model=TINY, lora_config=lora, **number
+            )
+            return service.connection.unary("CreateModel", request).result(timeout=60)
+
+        first = create(model_seq_id=3)
+        assert first.model_id == f"{service.session_id}:train:3"
+        Raw(service, first.model_id).fb(1, token_batch()).result(timeout=30)
+        again = create(model_seq_id=3)
+        assert again.model_id == first.model_id
+        assert Raw(service, first.model_id).fb(1, token_batch()).result(timeout=30)  # seq 1 kept
+        assert create().model_id == f"{service.session_id}:train:4"
+        with pytest.raises(treadle.RequestFailedError) as refused:
+            create(model_seq_id=-1)
+        assert refused.value.code == "INVALID_ARGUMENT" and "model_seq_id" in refused.value.message
+
+
+def test_closing_a_session_releases_its_models_at_once(make_scheduler: SchedulerFactory) -> None:
+    with make_scheduler(session_idle_seconds=300) as address, client(address) as owner:
+        model_id = owner.create_lora_training_client(TINY, rank=4).model_id
+        stream = RawStream(address)
+        assert opened(stream, owner.session_id).resumed
+        stream.send(scheduler_pb2.ClientMessage(close=scheduler_pb2.CloseSession()))
+        released = stream.receive()
+        assert isinstance(released, scheduler_pb2.ServerMessage)
+        assert "closed by the client" in released.error.error.message
+        stream.close()
+        with pytest.raises(treadle.RequestFailedError) as gone:
+            info = scheduler_pb2.GetInfoRequest(model_id=model_id)
+            owner.connection.unary("GetInfo", info).result(timeout=30)
+        assert gone.value.code == "NOT_FOUND"

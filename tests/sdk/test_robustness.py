@@ -36,7 +36,7 @@ def train(training: treadle.TrainingClient, steps: int, cut: object = None) -> N
 def test_cut_connection_reconnects_and_runs_everything_once(
     mesh: LocalMesh, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="treadle.session")
+    caplog.set_level(logging.WARNING, logger="treadle.session_stream")
     with cuttable_proxy(mesh.endpoint) as proxy:
         with treadle.ServiceClient(base_url=proxy.address, api_key=mesh.api_key) as service:
             session_id = service.session_id
@@ -105,7 +105,7 @@ def test_a_session_that_cannot_be_restored_fails_later_requests_at_once(mesh: Lo
         training.forward(token_batch(seed=3)).result(timeout=60)
         proxy.cut()
         deadline = time.monotonic() + 30
-        while service.connection._ended is None and time.monotonic() < deadline:
+        while service.connection.stream.ended is None and time.monotonic() < deadline:
             time.sleep(0.05)
         with pytest.raises(treadle.RequestFailedError) as lost:
             training.forward(token_batch(seed=3)).result(timeout=5)

@@ -22,7 +22,7 @@ SCRIPT = """
 import atexit, logging, sys, threading
 
 def report():  # registered before the SDK's own exit handler, so it runs after it
-    alive = [t for t in threading.enumerate() if t.name == "treadle-session"]
+    alive = [t for t in threading.enumerate() if t.name == "treadle.session_stream"]
     print(f"session threads at exit: {len(alive)}", file=sys.stderr, flush=True)
 
 atexit.register(report)
@@ -33,8 +33,8 @@ endpoint, key, model, *options = sys.argv[1:]
 if "debug" in options:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logging.getLogger("treadle.session").addHandler(handler)
-    logging.getLogger("treadle.session").setLevel(logging.DEBUG)
+    logging.getLogger("treadle.session_stream").addHandler(handler)
+    logging.getLogger("treadle.session_stream").setLevel(logging.DEBUG)
 service = treadle.ServiceClient(base_url=endpoint, api_key=key)
 training = service.create_lora_training_client(base_model=model, rank=4)
 datum = types.Datum(

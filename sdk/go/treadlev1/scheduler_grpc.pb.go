@@ -17,7 +17,7 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type TreadleClient interface {
-	// The session stream: OpenSession first, then Submit / Heartbeat / Cancel.
+	// The session stream: OpenSession first, then Submit / Heartbeat / Cancel / CloseSession.
 	Session(ctx context.Context, opts ...grpc.CallOption) (Treadle_SessionClient, error)
 	// Base models served and their limits.
 	GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*Capabilities, error)
@@ -164,7 +164,7 @@ func (x *treadleDownloadCheckpointClient) Recv() (*DataChunk, error) {
 // All implementations must embed UnimplementedTreadleServer
 // for forward compatibility
 type TreadleServer interface {
-	// The session stream: OpenSession first, then Submit / Heartbeat / Cancel.
+	// The session stream: OpenSession first, then Submit / Heartbeat / Cancel / CloseSession.
 	Session(Treadle_SessionServer) error
 	// Base models served and their limits.
 	GetCapabilities(context.Context, *GetCapabilitiesRequest) (*Capabilities, error)

@@ -202,7 +202,7 @@ class RestClient:
     def download_checkpoint_archive(self, path: str) -> APIFuture[bytes]:
         """The checkpoint as a tar archive, in memory (see download_checkpoint for big ones)."""
         request = checkpoints_pb2.ExportCheckpointRequest(path=path)
-        future = self.service.connection.stream("DownloadCheckpoint", request)
+        future = self.service.connection.stream_call("DownloadCheckpoint", request)
         return APIFuture(future, lambda chunks: b"".join(c.data for c in chunks))
 
     def archive_chunks(self, path: str) -> Iterator[checkpoints_pb2.DataChunk]:

@@ -75,14 +75,13 @@ class SamplingClient:
             include_prompt_logprobs=include_prompt_logprobs,
         )
 
-        def build(request_id: str) -> scheduler_pb2.Submit:
-            return scheduler_pb2.Submit(request_id=request_id, sample=request)
-
         def convert(result: Any) -> SampleResponse:
             self._check_version(result.sample.weights_version)
             return wire.sample_from_proto(result.sample, include_prompt_logprobs)
 
-        return APIFuture(self.service.connection.submit(build), convert)
+        return APIFuture(
+            self.service.connection.submit(scheduler_pb2.Submit(sample=request)), convert
+        )
 
     def compute_logprobs(self, prompt: ModelInput) -> APIFuture[list[float | None]]:
         """Logprob of each token given its prefix; the first entry is None."""
@@ -90,14 +89,12 @@ class SamplingClient:
             model_path=self.model_path, base_model=self.base_model, prompt=self._prompt(prompt)
         )
 
-        def build(request_id: str) -> scheduler_pb2.Submit:
-            return scheduler_pb2.Submit(request_id=request_id, compute_logprobs=request)
-
         def convert(result: Any) -> list[float | None]:
             self._check_version(result.compute_logprobs.weights_version)
             return [None, *result.compute_logprobs.logprobs]
 
-        return APIFuture(self.service.connection.submit(build), convert)
+        submit = scheduler_pb2.Submit(compute_logprobs=request)
+        return APIFuture(self.service.connection.submit(submit), convert)
 
     async def sample_async(self, *args: Any, **kwargs: Any) -> APIFuture[SampleResponse]:
         """Async twin of sample."""

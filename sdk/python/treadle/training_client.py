@@ -60,14 +60,9 @@ class TrainingClient:
     def _submit(
         self, seq_id: int, fill: Callable[[scheduler_pb2.Submit], None]
     ) -> concurrent.futures.Future[Any]:
-        def build(request_id: str) -> scheduler_pb2.Submit:
-            submit = scheduler_pb2.Submit(
-                request_id=request_id, model_id=self.model_id, seq_id=seq_id
-            )
-            fill(submit)
-            return submit
-
-        return self.service.connection.submit(build)
+        submit = scheduler_pb2.Submit(model_id=self.model_id, seq_id=seq_id)
+        fill(submit)
+        return self.service.connection.submit(submit)
 
     # ------------------------------------------------------------------ forward / backward
     def _fb_request(

@@ -78,7 +78,10 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
         self.samplers = SamplerPool(config.addresses("samplers"), channel_options=peers)
         self._checkpoints_channel: grpc.aio.Channel | None = None
         self.checkpoints: checkpoints_pb2_grpc.CheckpointsAsyncStub | None = None
-        self.requests = SessionRequests(config, self.quotas, self.models, self.samplers)
+        self.requests = SessionRequests(
+            config, self.quotas, self.models, self.samplers, release=self._release
+        )
+        self._creating: dict[str, asyncio.Future[scheduler_pb2.CreateModelResponse]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -192,6 +195,7 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
     async def _create_model(
         self, tenant: str, request: scheduler_pb2.CreateModelRequest
     ) -> scheduler_pb2.CreateModelResponse:
+        """Create the model, or answer a retry of a numbered creation with the same model."""
         session = self.sessions.get(tenant, request.session_id)
         if session is None:
             raise OpError(
@@ -199,6 +203,30 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
                 f"session_id: unknown session {request.session_id!r}",
                 "session_id",
             )
+        if not request.HasField("model_seq_id"):
+            return await self._new_model(tenant, session, session.next_model_id(), request)
+        if request.model_seq_id < 0:
+            raise invalid("model_seq_id", f"must be >= 0, got {request.model_seq_id}")
+        model_id = session.numbered_model_id(request.model_seq_id)
+        creating = self._creating.get(model_id)
+        if creating is None:
+            existing = self.models.get(model_id)
+            if existing is not None:
+                return scheduler_pb2.CreateModelResponse(
+                    model_id=model_id, info=self._info(existing)
+                )
+            creating = asyncio.ensure_future(self._new_model(tenant, session, model_id, request))
+            self._creating[model_id] = creating
+            creating.add_done_callback(lambda _: self._creating.pop(model_id, None))
+        return await asyncio.shield(creating)  # a retry waits for the same creation
+
+    async def _new_model(
+        self,
+        tenant: str,
+        session: ClientSession,
+        model_id: str,
+        request: scheduler_pb2.CreateModelRequest,
+    ) -> scheduler_pb2.CreateModelResponse:
         live = sum(1 for m in self.models.values() if m.tenant == tenant)
         self.quotas.check_models(tenant, live)
         base_model, lora = request.base_model, request.lora_config
@@ -209,7 +237,6 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
         elif not base_model:
             raise invalid("base_model", "is required")
         link = self._place(base_model)
-        model_id = session.next_model_id()
         model = ModelRecord(model_id, tenant, session.session_id, base_model, lora, link)
         create = trainer_pb2.CreateAdapterOp(
             tenant=tenant,

@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -62,8 +62,10 @@ class SessionRequests:
         quotas: Quotas,
         models: dict[str, ModelRecord],
         samplers: SamplerPool,
+        release: Callable[[ClientSession, str], None],
     ) -> None:
         self.config = config
+        self.release = release  # ends a session and releases its models
         self.quotas = quotas
         self.models = models
         self.samplers = samplers
@@ -88,6 +90,9 @@ class SessionRequests:
                 )
             elif kind == "cancel":
                 self._cancel(session, message.cancel.request_id)
+            elif kind == "close":
+                self.release(session, "closed by the client")
+                return
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)

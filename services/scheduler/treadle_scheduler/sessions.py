@@ -50,9 +50,13 @@ class Session:
 
     def next_model_id(self) -> str:
         """A new model id in Tinker's form `{session}:train:{n}`."""
-        model_id = f"{self.session_id}:train:{self.model_counter}"
-        self.model_counter += 1
-        return model_id
+        return self.numbered_model_id(self.model_counter)
+
+    def numbered_model_id(self, number: int) -> str:
+        """The id of the session's model number `number` (later unnumbered models come after
+        it, so the two kinds never collide)."""
+        self.model_counter = max(self.model_counter, number + 1)
+        return f"{self.session_id}:train:{number}"
 
 
 class SessionTable:

@@ -26,7 +26,7 @@ from treadle.v1 import common_pb2 as treadle_dot_v1_dot_common__pb2
 from treadle.v1 import checkpoints_pb2 as treadle_dot_v1_dot_checkpoints__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atreadle/v1/scheduler.proto\x12\ntreadle.v1\x1a\x17treadle/v1/common.proto\x1a\x1ctreadle/v1/checkpoints.proto\"\x97\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x04tags\x18\x02 \x03(\x0b\x32!.treadle.v1.OpenSession.TagsEntry\x12\x16\n\x0e\x63lient_version\x18\x03 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x03\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0e\n\x06seq_id\x18\x03 \x01(\x03\x12>\n\x10\x66orward_backward\x18\n \x01(\x0b\x32\".treadle.v1.ForwardBackwardRequestH\x00\x12\x32\n\noptim_step\x18\x0b \x01(\x0b\x32\x1c.treadle.v1.OptimStepRequestH\x00\x12<\n\x0fsave_checkpoint\x18\x0c \x01(\x0b\x32!.treadle.v1.SaveCheckpointRequestH\x00\x12\x32\n\nload_state\x18\r \x01(\x0b\x32\x1c.treadle.v1.LoadStateRequestH\x00\x12+\n\x06sample\x18\x0e \x01(\x0b\x32\x19.treadle.v1.SampleRequestH\x00\x12>\n\x10\x63ompute_logprobs\x18\x0f \x01(\x0b\x32\".treadle.v1.ComputeLogprobsRequestH\x00\x42\x04\n\x02op\"\x0b\n\tHeartbeat\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xb8\x01\n\rClientMessage\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.treadle.v1.OpenSessionH\x00\x12$\n\x06submit\x18\x02 \x01(\x0b\x32\x12.treadle.v1.SubmitH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.treadle.v1.HeartbeatH\x00\x12$\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x12.treadle.v1.CancelH\x00\x42\x06\n\x04kind\"R\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x1c\n\x14idle_timeout_seconds\x18\x03 \x01(\x01\"N\n\x08\x41\x63\x63\x65pted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x03\x12\x16\n\x0e\x65xpected_cycle\x18\x03 \x01(\x03\"\x9a\x03\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x63ycle\x18\x02 \x01(\x03\x12\x0c\n\x04wave\x18\x03 \x01(\x05\x12=\n\x10\x66orward_backward\x18\n \x01(\x0b\x32!.treadle.v1.ForwardBackwardOutputH\x00\x12\x33\n\noptim_step\x18\x0b \x01(\x0b\x32\x1d.treadle.v1.OptimStepResponseH\x00\x12=\n\x0fsave_checkpoint\x18\x0c \x01(\x0b\x32\".treadle.v1.SaveCheckpointResponseH\x00\x12\x33\n\nload_state\x18\r \x01(\x0b\x32\x1d.treadle.v1.LoadStateResponseH\x00\x12,\n\x06sample\x18\x0e \x01(\x0b\x32\x1a.treadle.v1.SampleResponseH\x00\x12?\n\x10\x63ompute_logprobs\x18\x0f \x01(\x0b\x32#.treadle.v1.ComputeLogprobsResponseH\x00\x42\x08\n\x06result\"C\n\x05\x45rror\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.treadle.v1.ErrorDetail\"#\n\x0cHeartbeatAck\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\"\xeb\x01\n\rServerMessage\x12+\n\x06opened\x18\x01 \x01(\x0b\x32\x19.treadle.v1.SessionOpenedH\x00\x12(\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x14.treadle.v1.AcceptedH\x00\x12$\n\x06result\x18\x03 \x01(\x0b\x32\x12.treadle.v1.ResultH\x00\x12\"\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.treadle.v1.ErrorH\x00\x12\x31\n\rheartbeat_ack\x18\x05 \x01(\x0b\x32\x18.treadle.v1.HeartbeatAckH\x00\x42\x06\n\x04kind\"\x18\n\x16GetCapabilitiesRequest\"g\n\x0c\x43\x61pabilities\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.treadle.v1.ModelCapability\x12\x18\n\x10max_batch_datums\x18\x02 \x01(\x05\x12\x10\n\x08loss_fns\x18\x03 \x03(\t\"\xb6\x01\n\x12\x43reateModelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12+\n\x0blora_config\x18\x03 \x01(\x0b\x32\x16.treadle.v1.LoraConfig\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0f\x66rom_state_path\x18\x05 \x01(\t\x12\x16\n\x0eload_optimizer\x18\x06 \x01(\x08\x42\x07\n\x05_seed\"L\n\x13\x43reateModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12#\n\x04info\x18\x02 \x01(\x0b\x32\x15.treadle.v1.ModelInfo\"\"\n\x0eGetInfoRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\xa9\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12+\n\x0blora_config\x18\x03 \x01(\x0b\x32\x16.treadle.v1.LoraConfig\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x14\n\x0ctokenizer_id\x18\x05 \x01(\t\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x0f\n\x07is_lora\x18\x07 \x01(\x08\x32\x8a\x05\n\x07Treadle\x12\x43\n\x07Session\x12\x19.treadle.v1.ClientMessage\x1a\x19.treadle.v1.ServerMessage(\x01\x30\x01\x12O\n\x0fGetCapabilities\x12\".treadle.v1.GetCapabilitiesRequest\x1a\x18.treadle.v1.Capabilities\x12N\n\x0b\x43reateModel\x12\x1e.treadle.v1.CreateModelRequest\x1a\x1f.treadle.v1.CreateModelResponse\x12<\n\x07GetInfo\x12\x1a.treadle.v1.GetInfoRequest\x1a\x15.treadle.v1.ModelInfo\x12Z\n\x0fListCheckpoints\x12\".treadle.v1.ListCheckpointsRequest\x1a#.treadle.v1.ListCheckpointsResponse\x12`\n\x11\x44\x65leteCheckpoints\x12$.treadle.v1.DeleteCheckpointsRequest\x1a%.treadle.v1.DeleteCheckpointsResponse\x12I\n\x10SetCheckpointTtl\x12\x19.treadle.v1.SetTtlRequest\x1a\x1a.treadle.v1.CheckpointInfo\x12R\n\x12\x44ownloadCheckpoint\x12#.treadle.v1.ExportCheckpointRequest\x1a\x15.treadle.v1.DataChunk0\x01\x42$Z\"treadle/sdk/go/treadlev1;treadlev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atreadle/v1/scheduler.proto\x12\ntreadle.v1\x1a\x17treadle/v1/common.proto\x1a\x1ctreadle/v1/checkpoints.proto\"\x97\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12/\n\x04tags\x18\x02 \x03(\x0b\x32!.treadle.v1.OpenSession.TagsEntry\x12\x16\n\x0e\x63lient_version\x18\x03 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x03\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0e\n\x06seq_id\x18\x03 \x01(\x03\x12>\n\x10\x66orward_backward\x18\n \x01(\x0b\x32\".treadle.v1.ForwardBackwardRequestH\x00\x12\x32\n\noptim_step\x18\x0b \x01(\x0b\x32\x1c.treadle.v1.OptimStepRequestH\x00\x12<\n\x0fsave_checkpoint\x18\x0c \x01(\x0b\x32!.treadle.v1.SaveCheckpointRequestH\x00\x12\x32\n\nload_state\x18\r \x01(\x0b\x32\x1c.treadle.v1.LoadStateRequestH\x00\x12+\n\x06sample\x18\x0e \x01(\x0b\x32\x19.treadle.v1.SampleRequestH\x00\x12>\n\x10\x63ompute_logprobs\x18\x0f \x01(\x0b\x32\".treadle.v1.ComputeLogprobsRequestH\x00\x42\x04\n\x02op\"\x0b\n\tHeartbeat\"\x0e\n\x0c\x43loseSession\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xe3\x01\n\rClientMessage\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.treadle.v1.OpenSessionH\x00\x12$\n\x06submit\x18\x02 \x01(\x0b\x32\x12.treadle.v1.SubmitH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.treadle.v1.HeartbeatH\x00\x12$\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x12.treadle.v1.CancelH\x00\x12)\n\x05\x63lose\x18\x05 \x01(\x0b\x32\x18.treadle.v1.CloseSessionH\x00\x42\x06\n\x04kind\"R\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x1c\n\x14idle_timeout_seconds\x18\x03 \x01(\x01\"N\n\x08\x41\x63\x63\x65pted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x03\x12\x16\n\x0e\x65xpected_cycle\x18\x03 \x01(\x03\"\x9a\x03\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x63ycle\x18\x02 \x01(\x03\x12\x0c\n\x04wave\x18\x03 \x01(\x05\x12=\n\x10\x66orward_backward\x18\n \x01(\x0b\x32!.treadle.v1.ForwardBackwardOutputH\x00\x12\x33\n\noptim_step\x18\x0b \x01(\x0b\x32\x1d.treadle.v1.OptimStepResponseH\x00\x12=\n\x0fsave_checkpoint\x18\x0c \x01(\x0b\x32\".treadle.v1.SaveCheckpointResponseH\x00\x12\x33\n\nload_state\x18\r \x01(\x0b\x32\x1d.treadle.v1.LoadStateResponseH\x00\x12,\n\x06sample\x18\x0e \x01(\x0b\x32\x1a.treadle.v1.SampleResponseH\x00\x12?\n\x10\x63ompute_logprobs\x18\x0f \x01(\x0b\x32#.treadle.v1.ComputeLogprobsResponseH\x00\x42\x08\n\x06result\"C\n\x05\x45rror\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.treadle.v1.ErrorDetail\"#\n\x0cHeartbeatAck\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\"\xeb\x01\n\rServerMessage\x12+\n\x06opened\x18\x01 \x01(\x0b\x32\x19.treadle.v1.SessionOpenedH\x00\x12(\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x14.treadle.v1.AcceptedH\x00\x12$\n\x06result\x18\x03 \x01(\x0b\x32\x12.treadle.v1.ResultH\x00\x12\"\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.treadle.v1.ErrorH\x00\x12\x31\n\rheartbeat_ack\x18\x05 \x01(\x0b\x32\x18.treadle.v1.HeartbeatAckH\x00\x42\x06\n\x04kind\"\x18\n\x16GetCapabilitiesRequest\"g\n\x0c\x43\x61pabilities\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.treadle.v1.ModelCapability\x12\x18\n\x10max_batch_datums\x18\x02 \x01(\x05\x12\x10\n\x08loss_fns\x18\x03 \x03(\t\"\xe2\x01\n\x12\x43reateModelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12+\n\x0blora_config\x18\x03 \x01(\x0b\x32\x16.treadle.v1.LoraConfig\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0f\x66rom_state_path\x18\x05 \x01(\t\x12\x16\n\x0eload_optimizer\x18\x06 \x01(\x08\x12\x19\n\x0cmodel_seq_id\x18\x07 \x01(\x03H\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0f\n\r_model_seq_id\"L\n\x13\x43reateModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12#\n\x04info\x18\x02 \x01(\x0b\x32\x15.treadle.v1.ModelInfo\"\"\n\x0eGetInfoRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\xa9\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12+\n\x0blora_config\x18\x03 \x01(\x0b\x32\x16.treadle.v1.LoraConfig\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x14\n\x0ctokenizer_id\x18\x05 \x01(\t\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x0f\n\x07is_lora\x18\x07 \x01(\x08\x32\x8a\x05\n\x07Treadle\x12\x43\n\x07Session\x12\x19.treadle.v1.ClientMessage\x1a\x19.treadle.v1.ServerMessage(\x01\x30\x01\x12O\n\x0fGetCapabilities\x12\".treadle.v1.GetCapabilitiesRequest\x1a\x18.treadle.v1.Capabilities\x12N\n\x0b\x43reateModel\x12\x1e.treadle.v1.CreateModelRequest\x1a\x1f.treadle.v1.CreateModelResponse\x12<\n\x07GetInfo\x12\x1a.treadle.v1.GetInfoRequest\x1a\x15.treadle.v1.ModelInfo\x12Z\n\x0fListCheckpoints\x12\".treadle.v1.ListCheckpointsRequest\x1a#.treadle.v1.ListCheckpointsResponse\x12`\n\x11\x44\x65leteCheckpoints\x12$.treadle.v1.DeleteCheckpointsRequest\x1a%.treadle.v1.DeleteCheckpointsResponse\x12I\n\x10SetCheckpointTtl\x12\x19.treadle.v1.SetTtlRequest\x1a\x1a.treadle.v1.CheckpointInfo\x12R\n\x12\x44ownloadCheckpoint\x12#.treadle.v1.ExportCheckpointRequest\x1a\x15.treadle.v1.DataChunk0\x01\x42$Z\"treadle/sdk/go/treadlev1;treadlev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,34 +44,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMIT']._serialized_end=659
   _globals['_HEARTBEAT']._serialized_start=661
   _globals['_HEARTBEAT']._serialized_end=672
-  _globals['_CANCEL']._serialized_start=674
-  _globals['_CANCEL']._serialized_end=702
-  _globals['_CLIENTMESSAGE']._serialized_start=705
-  _globals['_CLIENTMESSAGE']._serialized_end=889
-  _globals['_SESSIONOPENED']._serialized_start=891
-  _globals['_SESSIONOPENED']._serialized_end=973
-  _globals['_ACCEPTED']._serialized_start=975
-  _globals['_ACCEPTED']._serialized_end=1053
-  _globals['_RESULT']._serialized_start=1056
-  _globals['_RESULT']._serialized_end=1466
-  _globals['_ERROR']._serialized_start=1468
-  _globals['_ERROR']._serialized_end=1535
-  _globals['_HEARTBEATACK']._serialized_start=1537
-  _globals['_HEARTBEATACK']._serialized_end=1572
-  _globals['_SERVERMESSAGE']._serialized_start=1575
-  _globals['_SERVERMESSAGE']._serialized_end=1810
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1812
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1836
-  _globals['_CAPABILITIES']._serialized_start=1838
-  _globals['_CAPABILITIES']._serialized_end=1941
-  _globals['_CREATEMODELREQUEST']._serialized_start=1944
-  _globals['_CREATEMODELREQUEST']._serialized_end=2126
-  _globals['_CREATEMODELRESPONSE']._serialized_start=2128
-  _globals['_CREATEMODELRESPONSE']._serialized_end=2204
-  _globals['_GETINFOREQUEST']._serialized_start=2206
-  _globals['_GETINFOREQUEST']._serialized_end=2240
-  _globals['_MODELINFO']._serialized_start=2243
-  _globals['_MODELINFO']._serialized_end=2412
-  _globals['_TREADLE']._serialized_start=2415
-  _globals['_TREADLE']._serialized_end=3065
+  _globals['_CLOSESESSION']._serialized_start=674
+  _globals['_CLOSESESSION']._serialized_end=688
+  _globals['_CANCEL']._serialized_start=690
+  _globals['_CANCEL']._serialized_end=718
+  _globals['_CLIENTMESSAGE']._serialized_start=721
+  _globals['_CLIENTMESSAGE']._serialized_end=948
+  _globals['_SESSIONOPENED']._serialized_start=950
+  _globals['_SESSIONOPENED']._serialized_end=1032
+  _globals['_ACCEPTED']._serialized_start=1034
+  _globals['_ACCEPTED']._serialized_end=1112
+  _globals['_RESULT']._serialized_start=1115
+  _globals['_RESULT']._serialized_end=1525
+  _globals['_ERROR']._serialized_start=1527
+  _globals['_ERROR']._serialized_end=1594
+  _globals['_HEARTBEATACK']._serialized_start=1596
+  _globals['_HEARTBEATACK']._serialized_end=1631
+  _globals['_SERVERMESSAGE']._serialized_start=1634
+  _globals['_SERVERMESSAGE']._serialized_end=1869
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1871
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1895
+  _globals['_CAPABILITIES']._serialized_start=1897
+  _globals['_CAPABILITIES']._serialized_end=2000
+  _globals['_CREATEMODELREQUEST']._serialized_start=2003
+  _globals['_CREATEMODELREQUEST']._serialized_end=2229
+  _globals['_CREATEMODELRESPONSE']._serialized_start=2231
+  _globals['_CREATEMODELRESPONSE']._serialized_end=2307
+  _globals['_GETINFOREQUEST']._serialized_start=2309
+  _globals['_GETINFOREQUEST']._serialized_end=2343
+  _globals['_MODELINFO']._serialized_start=2346
+  _globals['_MODELINFO']._serialized_end=2515
+  _globals['_TREADLE']._serialized_start=2518
+  _globals['_TREADLE']._serialized_end=3168
 # @@protoc_insertion_point(module_scope)

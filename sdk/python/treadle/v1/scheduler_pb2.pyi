@@ -51,6 +51,10 @@ class Heartbeat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CloseSession(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Cancel(_message.Message):
     __slots__ = ("request_id",)
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -58,16 +62,18 @@ class Cancel(_message.Message):
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("open", "submit", "heartbeat", "cancel")
+    __slots__ = ("open", "submit", "heartbeat", "cancel", "close")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     submit: Submit
     heartbeat: Heartbeat
     cancel: Cancel
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    close: CloseSession
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., submit: _Optional[_Union[Submit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., close: _Optional[_Union[CloseSession, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "resumed", "idle_timeout_seconds")
@@ -154,20 +160,22 @@ class Capabilities(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelCapability, _Mapping]]] = ..., max_batch_datums: _Optional[int] = ..., loss_fns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("session_id", "base_model", "lora_config", "seed", "from_state_path", "load_optimizer")
+    __slots__ = ("session_id", "base_model", "lora_config", "seed", "from_state_path", "load_optimizer", "model_seq_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     LORA_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FROM_STATE_PATH_FIELD_NUMBER: _ClassVar[int]
     LOAD_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     base_model: str
     lora_config: _common_pb2.LoraConfig
     seed: int
     from_state_path: str
     load_optimizer: bool
-    def __init__(self, session_id: _Optional[str] = ..., base_model: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., seed: _Optional[int] = ..., from_state_path: _Optional[str] = ..., load_optimizer: _Optional[bool] = ...) -> None: ...
+    model_seq_id: int
+    def __init__(self, session_id: _Optional[str] = ..., base_model: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., seed: _Optional[int] = ..., from_state_path: _Optional[str] = ..., load_optimizer: _Optional[bool] = ..., model_seq_id: _Optional[int] = ...) -> None: ...
 
 class CreateModelResponse(_message.Message):
     __slots__ = ("model_id", "info")

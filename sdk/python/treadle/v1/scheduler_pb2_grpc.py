@@ -84,7 +84,7 @@ class TreadleServicer:
     """
 
     def Session(self, request_iterator, context):
-        """The session stream: OpenSession first, then Submit / Heartbeat / Cancel.
+        """The session stream: OpenSession first, then Submit / Heartbeat / Cancel / CloseSession.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

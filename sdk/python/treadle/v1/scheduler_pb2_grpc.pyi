@@ -41,7 +41,7 @@ class TreadleStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TreadleAsyncStub: ...
     Session: _grpc.StreamStreamMultiCallable[_scheduler_pb2.ClientMessage, _scheduler_pb2.ServerMessage]
-    """The session stream: OpenSession first, then Submit / Heartbeat / Cancel."""
+    """The session stream: OpenSession first, then Submit / Heartbeat / Cancel / CloseSession."""
     GetCapabilities: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetCapabilitiesRequest, _scheduler_pb2.Capabilities]
     """Base models served and their limits."""
     CreateModel: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CreateModelRequest, _scheduler_pb2.CreateModelResponse]
@@ -63,7 +63,7 @@ class TreadleAsyncStub(TreadleStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Session: _aio.StreamStreamMultiCallable[_scheduler_pb2.ClientMessage, _scheduler_pb2.ServerMessage]  # type: ignore[assignment]
-    """The session stream: OpenSession first, then Submit / Heartbeat / Cancel."""
+    """The session stream: OpenSession first, then Submit / Heartbeat / Cancel / CloseSession."""
     GetCapabilities: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetCapabilitiesRequest, _scheduler_pb2.Capabilities]  # type: ignore[assignment]
     """Base models served and their limits."""
     CreateModel: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CreateModelRequest, _scheduler_pb2.CreateModelResponse]  # type: ignore[assignment]
@@ -88,7 +88,7 @@ class TreadleServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_scheduler_pb2.ClientMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.ServerMessage], _abc.AsyncIterator[_scheduler_pb2.ServerMessage]]:
-        """The session stream: OpenSession first, then Submit / Heartbeat / Cancel."""
+        """The session stream: OpenSession first, then Submit / Heartbeat / Cancel / CloseSession."""
 
     @_abc_1.abstractmethod
     def GetCapabilities(
