@@ -18,15 +18,17 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 @contextmanager
 def local_mesh(
-    base_model: str, tenants: int, torch_threads: int = 0
+    base_model: str, tenants: int, torch_threads: int = 0, gateway: bool = False
 ) -> Iterator[tuple[LocalMesh, list[str]]]:
     """A mesh with `tenants` extra API keys (tml-bench-0 ... ) and metrics on; `torch_threads`
-    per trainer and sampler (0: the launcher's default, the cores shared equally)."""
+    per trainer and sampler (0: the launcher's default, the cores shared equally); the tinker
+    SDK's gateway too when asked for (mesh.gateway_url)."""
     keys = [f"tml-bench-{i}" for i in range(tenants)]
     with tempfile.TemporaryDirectory(prefix="treadle-bench-") as data_dir:
         config = UpConfig(
             base_model=base_model,
             port=0,
+            gateway_port=0 if gateway else -1,
             data_dir=data_dir,
             metrics=True,
             torch_threads=torch_threads,

@@ -59,7 +59,9 @@ def main() -> int:
     )
     math_rl.check(recipe)
     with tempfile.TemporaryDirectory(prefix="treadle-demo-") as data_dir:
-        config = UpConfig(base_model=args.base_model, port=0, data_dir=data_dir, metrics=False)
+        config = UpConfig(
+            base_model=args.base_model, port=0, gateway_port=-1, data_dir=data_dir, metrics=False
+        )
         print(f"starting the local mesh for {args.base_model} ...", flush=True)
         with LocalMesh(config) as mesh:
             print(f"mesh healthy in {time.monotonic() - started:.1f}s at {mesh.endpoint}")

@@ -124,7 +124,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     rules_file = workdir / "rules.yml"
     spec = yaml.safe_load((GRAFANA / "prometheus-rules.yaml").read_text())["spec"]
     rules_file.write_text(yaml.safe_dump(spec))
-    config = UpConfig(base_model=TINY, port=0, data_dir=str(workdir / "mesh"), metrics=True)
+    config = UpConfig(
+        base_model=TINY, port=0, gateway_port=0, data_dir=str(workdir / "mesh"), metrics=True
+    )
     exprs = _expressions()
     result = Observed()
     with LocalMesh(config) as mesh:

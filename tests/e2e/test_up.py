@@ -4,12 +4,14 @@ it starts is a figure, not a test: about 10 s on an idle two-core machine on a t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +44,7 @@ def treadle_up(
     processes, then stops it with SIGTERM and checks it exits 0."""
     command = [
         sys.executable, "-m", "treadle.cli", "up", "--base-model", base_model,
-        "--port", "0", "--data-dir", str(data_dir), "--metrics", "false",
+        "--port", "0", "--gateway-port", "0", "--data-dir", str(data_dir), "--metrics", "false",
     ]  # fmt: skip
     up = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -68,10 +70,14 @@ def treadle_up(
 
 
 def test_up_becomes_healthy_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    with treadle_up("treadle/tiny-llama", tmp_path) as (_, service, children):
-        assert len(children) >= 5  # weed, checkpoints, trainer, sampler, scheduler
+    with treadle_up("treadle/tiny-llama", tmp_path) as (text, service, children):
+        assert len(children) >= 6  # weed, checkpoints, trainer, sampler, scheduler, gateway
         models = service.get_server_capabilities().supported_models
         assert [m.model_name for m in models] == ["treadle/tiny-llama"]
+        export = re.search(r"export TINKER_BASE_URL=(\S+) TINKER_API_KEY=(tml-\S+)", text)
+        assert export is not None, text
+        with urllib.request.urlopen(f"{export.group(1)}/api/v1/healthz", timeout=10) as reply:
+            assert json.loads(reply.read()) == {"status": "ok"}
     time.sleep(0.5)
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
     assert not alive, f"orphans left: {alive}"
