@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.go  # scripts/proto.sh writes the Go code too, with Debian's Go tools
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = {"sdk/python/treadle/v1": ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"),
              "sdk/go/treadlev1": (".pb.go",), "sdk/go/client": ("_gen.go",),

@@ -1,17 +1,43 @@
 """An in-process scheduler with its own settings, in front of the session mesh's real trainer,
-sampler and checkpoints processes, plus helpers that submit raw requests and read cycle numbers."""
+sampler and checkpoints processes, plus helpers that submit raw requests and read cycle numbers,
+and a trainer served in this process for tests that shape or watch it."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import grpc
+
 import treadle
+from fixtures.grpc_server import ServicersApp, running_server
 from treadle import types, wire
-from treadle.v1 import common_pb2, scheduler_pb2
+from treadle.v1 import common_pb2, scheduler_pb2, trainer_pb2_grpc
 from treadle_scheduler.config import SchedulerConfig
+from treadle_trainer.app import SERVICE_NAME
+from treadle_trainer.config import TrainerConfig
+from treadle_trainer.cycle import CycleRunner
+from treadle_trainer.engine import TrainerEngine
+from treadle_trainer.service import TrainerServicer
 
 TINY = "treadle/tiny-llama"
+
+
+@contextmanager
+def trainer_in_process(**runner: Any) -> Iterator[tuple[str, CycleRunner]]:
+    """A real trainer server on tiny-llama in this process (CycleRunner options in `runner`);
+    yields its address and runner."""
+    engine = TrainerEngine(TINY, device="cpu", max_seq_len=64)
+    cycles = CycleRunner(engine, None, **runner)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(cycles), server)
+        return [SERVICE_NAME]
+
+    with running_server(ServicersApp(register), service="trainer", config=TrainerConfig()) as at:
+        yield at, cycles
 
 
 def fb_request(data: list[types.Datum]) -> common_pb2.ForwardBackwardRequest:

@@ -14,7 +14,9 @@ from treadle import tensors, types, wire
 from treadle.contract import losses
 from treadle.errors import ValidationError
 from treadle.v1 import common_pb2, scheduler_pb2
+from treadle_models import ModelSpec
 from treadle_runtime.errors import OpError
+from treadle_sampler.validation import prompt_tokens
 from treadle_scheduler.validation import check_training_op
 from treadle_trainer.inputs import parse_forward_backward
 from treadle_trainer.losses import FUNCTIONS, RUNS
@@ -141,3 +143,58 @@ def test_the_trainer_runs_every_loss_of_the_table() -> None:
     assert set(FUNCTIONS) == set(losses.LOSSES)
     assert RUNS == tuple(losses.LOSSES)
     assert typing.get_args(losses.LossName) == tuple(losses.LOSSES)
+
+
+TOKEN_CASES = {
+    "negative id": [[1, -2, 3]],
+    "negative id in a later chunk": [[1, 2], [3, -4]],
+    "empty input": [[]],
+    "no chunks": [],
+    "id past the vocabulary": [[1, VOCAB]],
+}
+
+
+def _model_input(chunks: list[list[int]]) -> types.ModelInput:
+    return types.ModelInput([types.EncodedTextChunk(tokens=list(c)) for c in chunks])
+
+
+@pytest.mark.parametrize("case", list(TOKEN_CASES))
+def test_token_ids_get_one_verdict_from_the_sdk_and_the_trainer(case: str) -> None:
+    """The SDK checks what it can without the model (negative ids, empty inputs) exactly as the
+    trainer does; an id past the vocabulary only the trainer can know of."""
+    chunks = TOKEN_CASES[case]
+    length = sum(len(c) for c in chunks)
+    targets = types.TensorData.from_numpy(np.ones(length, dtype=np.int64))
+    datum = types.Datum(_model_input(chunks), {losses.TARGET_TOKENS: targets})
+
+    def sdk() -> None:
+        wire.datums_to_proto([datum], losses.CROSS_ENTROPY)
+
+    request = common_pb2.ForwardBackwardRequest(loss_fn=losses.CROSS_ENTROPY)
+    message = request.data.add()
+    for chunk in chunks:
+        message.model_input.chunks.add().encoded_text.tokens.extend(chunk)
+    message.loss_fn_inputs[losses.TARGET_TOKENS].CopyFrom(
+        tensors.encode(np.ones(length, dtype=np.int64))
+    )
+
+    def trainer() -> None:
+        parse_forward_backward(request, VOCAB, MAX_SEQ_LEN)
+
+    expected = "data[0].model_input"
+    assert _field(trainer) == expected
+    assert _field(sdk) == (None if case == "id past the vocabulary" else expected)
+
+
+@pytest.mark.parametrize("case", list(TOKEN_CASES))
+def test_prompt_token_ids_get_one_verdict_from_the_sdk_and_the_sampler(case: str) -> None:
+    chunks = TOKEN_CASES[case]
+    spec = ModelSpec(
+        name="m", vocab_size=VOCAB, max_seq_len=MAX_SEQ_LEN, architecture="", tokenizer_id=""
+    )
+    prompt = common_pb2.ModelInput()
+    for chunk in chunks:
+        prompt.chunks.add().encoded_text.tokens.extend(chunk)
+    sdk_verdict = _field(lambda: wire.model_input_to_proto(_model_input(chunks), "prompt"))
+    assert _field(lambda: prompt_tokens(prompt, spec)) == "prompt"
+    assert sdk_verdict == (None if case == "id past the vocabulary" else "prompt")

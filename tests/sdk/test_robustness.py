@@ -116,3 +116,27 @@ def test_a_session_that_cannot_be_restored_fails_later_requests_at_once(mesh: Lo
     with pytest.raises(treadle.RequestFailedError) as closed:  # a request after close()
         training.forward(token_batch(seed=3)).result(timeout=5)
     assert closed.value.code == "CANCELLED"
+
+
+def test_requests_waiting_when_the_session_is_lost_for_good_fail_with_the_reason(
+    mesh: LocalMesh,
+) -> None:
+    """A request already sent when its session ends (here: the connection goes silent and the
+    client may not reconnect) fails as soon as the loss is noticed, not never."""
+    with cuttable_proxy(mesh.endpoint) as proxy:
+        service = treadle.ServiceClient(
+            base_url=proxy.address,
+            api_key=mesh.api_key,
+            reconnect_attempts=0,
+            keepalive_seconds=6,
+            keepalive_timeout=2,
+        )
+        training = service.create_lora_training_client(BASE_MODEL, rank=4)
+        proxy.freeze()
+        waiting = training.forward(token_batch(seed=4))
+        started = time.monotonic()
+        with pytest.raises(treadle.RequestFailedError) as lost:
+            waiting.result(timeout=30)
+        assert lost.value.code == "UNAVAILABLE"
+        assert time.monotonic() - started < 20
+        service.close()

@@ -95,3 +95,30 @@ def test_a_mesh_stopped_after_the_last_result_leaves_the_exit_quiet(
     debug_log = outputs["close"][0]
     assert "DEBUG session stream lost; reconnecting" in debug_log  # noticed, and said quietly
     assert "WARNING" not in debug_log
+
+
+FORK_SCRIPT = """
+import os, sys, time
+import treadle
+
+service = treadle.ServiceClient(base_url=sys.argv[1], api_key=sys.argv[2])
+started = time.monotonic()
+child = os.fork()
+if child == 0:
+    sys.exit(0)  # the child's exit handlers must not wait on the parent's connection
+os.waitpid(child, 0)
+print(f"child exited in {time.monotonic() - started:.2f}s", flush=True)
+service.close()
+"""
+
+
+def test_a_forked_child_exits_without_waiting_on_the_parents_session(mesh: LocalMesh) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, mesh.endpoint, mesh.api_key],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    seconds = float(done.stdout.split("child exited in ")[1].rstrip("s\n"))
+    assert seconds < 5, done.stdout

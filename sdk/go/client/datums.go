@@ -7,6 +7,8 @@ package client
 import (
 	"fmt"
 	"math"
+	"sort"
+	"strings"
 
 	"treadle/sdk/go/treadlev1"
 )
@@ -25,7 +27,7 @@ func Tokens(tokens []int64) *treadlev1.ModelInput {
 // same length, token ids must be >= 0 and weights finite.
 func NewDatum(input, targets []int64, weights []float32) (*treadlev1.Datum, error) {
 	if len(input) == 0 {
-		return nil, invalid("model_input", "is empty")
+		return nil, invalid("model_input", "has no tokens")
 	}
 	if len(targets) != len(input) {
 		return nil, invalid("loss_fn_inputs.target_tokens",
@@ -106,21 +108,28 @@ func checkData(data []*treadlev1.Datum, lossFn string) error {
 		for _, chunk := range datum.GetModelInput().GetChunks() {
 			for _, token := range chunk.GetEncodedText().GetTokens() {
 				if token < 0 {
-					return invalid(prefix+".model_input", "token ids must be >= 0")
+					return invalid(prefix+".model_input",
+						"token id %d at position %d is not >= 0", token, length)
 				}
 				length++
 			}
 		}
 		if length == 0 {
-			return invalid(prefix+".model_input", "is empty")
+			return invalid(prefix+".model_input", "has no tokens")
 		}
 		for _, name := range required {
 			if _, ok := datum.GetLossFnInputs()[name]; !ok {
 				return invalid(prefix+".loss_fn_inputs."+name, "is required by %s", lossFn)
 			}
 		}
-		for name, tensor := range datum.GetLossFnInputs() {
-			if err := checkInput(prefix+".loss_fn_inputs."+name, name, tensor, length); err != nil {
+		inputs := datum.GetLossFnInputs()
+		names := make([]string, 0, len(inputs))
+		for name := range inputs {
+			names = append(names, name)
+		}
+		sort.Strings(names) // in the order the SDK and the services check them
+		for _, name := range names {
+			if err := checkInput(prefix+".loss_fn_inputs."+name, name, inputs[name], length); err != nil {
 				return err
 			}
 		}
@@ -131,7 +140,7 @@ func checkData(data []*treadlev1.Datum, lossFn string) error {
 func checkInput(field, name string, tensor *treadlev1.Tensor, length int) error {
 	dtype, known := inputDTypes[name]
 	if !known {
-		return invalid(field, "unknown input")
+		return invalid(field, "unknown input (accepted: %s)", strings.Join(inputNames(), ", "))
 	}
 	if len(tensor.GetShape()) != 1 || tensor.GetShape()[0] != int64(length) {
 		return invalid(field, "shape %v does not match model_input length %d",
@@ -147,10 +156,20 @@ func checkInput(field, name string, tensor *treadlev1.Tensor, length int) error 
 	if err != nil {
 		return invalid(field, "%v", err)
 	}
-	for _, v := range values {
+	for i, v := range values {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return invalid(field, "contains NaN or infinite values")
+			return invalid(field, "non-finite value %v at position %d", v, i)
 		}
 	}
 	return nil
+}
+
+// inputNames are the loss_fn_inputs a datum may carry, sorted.
+func inputNames() []string {
+	names := make([]string, 0, len(inputDTypes))
+	for name := range inputDTypes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
 }

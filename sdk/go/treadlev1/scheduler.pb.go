@@ -1119,7 +1119,8 @@ type Capabilities struct {
 	Models []*ModelCapability `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
 	// Maximum datums per forward_backward.
 	MaxBatchDatums int32 `protobuf:"varint,2,opt,name=max_batch_datums,json=maxBatchDatums,proto3" json:"max_batch_datums,omitempty"`
-	// Loss functions accepted: those the connected trainers run (each model lists its own).
+	// Loss functions accepted: those the connected trainers run (each model lists its own); empty
+	// while no trainer is connected.
 	LossFns []string `protobuf:"bytes,3,rep,name=loss_fns,json=lossFns,proto3" json:"loss_fns,omitempty"`
 }
 

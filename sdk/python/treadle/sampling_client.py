@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from treadle import wire
 from treadle.contract import sampling
-from treadle.contract.tokens import check_tokens
 from treadle.errors import RequestFailedError, ValidationError
 from treadle.futures import APIFuture
 from treadle.types import ModelInput, SampleResponse, SamplingParams
@@ -46,9 +45,7 @@ class SamplingClient:
         return version
 
     def _prompt(self, prompt: ModelInput) -> common_pb2.ModelInput:
-        message = wire.model_input_to_proto(prompt, "prompt")
-        check_tokens("prompt", [t for c in message.chunks for t in c.encoded_text.tokens])
-        return message
+        return wire.model_input_to_proto(prompt, "prompt")
 
     def sample(
         self,

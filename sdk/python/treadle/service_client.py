@@ -69,7 +69,9 @@ class ServiceClient:
         ).result()
         return GetServerCapabilitiesResponse(
             supported_models=[
-                SupportedModel(m.name, m.vocab_size, m.max_seq_len, list(m.supported_ranks))
+                SupportedModel(
+                    m.name, m.vocab_size, m.max_seq_len, list(m.supported_ranks), list(m.loss_fns)
+                )
                 for m in caps.models
             ],
             loss_fns=list(caps.loss_fns),

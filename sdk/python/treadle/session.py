@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import os
 import threading
 import weakref
 from collections.abc import Awaitable
@@ -189,3 +190,7 @@ def _close_live() -> None:
     """Close the connections a script left open: their loop stops with no task pending."""
     for connection in list(_live):
         connection.close()
+
+
+# a forked child has the parent's connections but not their threads: it must not wait on them
+os.register_at_fork(after_in_child=_live.clear)

@@ -37,6 +37,7 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 # died: a local transport failure, not an error sent by the scheduler
 LOCAL_TRANSPORT_FAILURE = "Internal error from Core"
 
+NEW_CLIENT = "this client's session is over: open a new client to go on"
 Outbox = asyncio.Queue[scheduler_pb2.ClientMessage | None]  # None ends the request stream
 OnAccepted = Callable[[scheduler_pb2.Accepted], None]
 
@@ -170,7 +171,9 @@ class SessionStream:
             try:
                 await self._serve_stream(opened)
                 self.end(
-                    RequestFailedError("UNAVAILABLE", "the scheduler ended the session", "server")
+                    RequestFailedError(
+                        "ABORTED", f"the scheduler ended the session; {NEW_CLIENT}", "user"
+                    )
                 )
                 return
             except asyncio.CancelledError:
@@ -181,7 +184,9 @@ class SessionStream:
                     opened.set_exception(rpc_failure(exc))
                     return
                 if not transient(exc) or failures > self.reconnect_attempts:
-                    self.end(RequestFailedError(exc.code().name, exc.details() or "", "server"))
+                    gave_up = f" (reconnecting gave up after {failures - 1} attempts; {NEW_CLIENT})"
+                    message = (exc.details() or exc.code().name) + gave_up
+                    self.end(RequestFailedError(exc.code().name, message, "server"))
                     return
                 log.log(
                     logging.WARNING if self._pending else logging.DEBUG,
@@ -226,8 +231,10 @@ class SessionStream:
                 elif kind == "error":
                     if message.error.request_id:
                         self._resolve(message.error.request_id, error=failure(message.error.error))
-                    else:  # the session itself failed (released, or refused)
-                        self.end(failure(message.error.error))
+                    else:  # the session itself is over (released, or refused)
+                        detail = message.error.error
+                        over = f"{detail.message}; {NEW_CLIENT}"
+                        self.end(RequestFailedError(detail.code, over, "user", detail.field))
                         return
                 elif kind == "opened":
                     self.session_id = message.opened.session_id

@@ -14,6 +14,7 @@ import numpy as np
 
 from treadle.contract.losses import LossName
 from treadle.contract.optim import ADAM_DEFAULTS
+from treadle.contract.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, TOP_K_OFF
 from treadle.tensors import to_numpy_array
 
 DType = Literal["int64", "float32"]
@@ -153,9 +154,9 @@ class SamplingParams:
     max_tokens: int | None = None
     seed: int | None = None
     stop: str | Sequence[str] | Sequence[int] | None = None
-    temperature: float = 1.0
-    top_k: int = -1
-    top_p: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = TOP_K_OFF  # <= 0 keeps every token
+    top_p: float = DEFAULT_TOP_P
 
 
 @dataclass
@@ -258,6 +259,7 @@ class SupportedModel:
     vocab_size: int
     max_seq_len: int
     supported_ranks: list[int]
+    loss_fns: list[str] = field(default_factory=list)  # the losses its trainers run
 
 
 @dataclass

@@ -35,13 +35,12 @@ from treadle.v1 import common_pb2
 def model_input_to_proto(
     model_input: ModelInput, field: str = "model_input"
 ) -> common_pb2.ModelInput:
-    """ModelInput as a message; token ids must be non-negative integers."""
+    """ModelInput as a message, its token ids checked as the services check them: all chunks
+    together, as one input named `field` (treadle.contract.tokens)."""
     message = common_pb2.ModelInput()
-    for i, chunk in enumerate(model_input.chunks):
-        tokens_field = f"{field}.chunks[{i}]"
-        tokens = [int(t) for t in chunk.tokens]
-        check_tokens(tokens_field, tokens, allow_empty=True)
-        message.chunks.add().encoded_text.tokens.extend(tokens)
+    for chunk in model_input.chunks:
+        message.chunks.add().encoded_text.tokens.extend(int(t) for t in chunk.tokens)
+    check_tokens(field, [t for c in message.chunks for t in c.encoded_text.tokens])
     return message
 
 
@@ -56,8 +55,6 @@ def datums_to_proto(data: Sequence[Datum], loss_fn: str | None) -> list[common_p
         if not isinstance(datum, Datum):
             raise bad_field(f"data[{i}]", f"expected a Datum, got {type(datum).__name__}")
         length = datum.model_input.length
-        if length == 0:
-            raise bad_field(f"data[{i}].model_input", "has no tokens")
         message = common_pb2.Datum(
             model_input=model_input_to_proto(datum.model_input, f"data[{i}].model_input")
         )

@@ -7,8 +7,9 @@ permission errors are the user's, everything else the server's.
 `as_op_error` is how every service turns whatever a request raised into its status: an OpError
 as it is, a contract check's ValidationError (treadle.contract) as INVALID_ARGUMENT naming its
 field, a peer's gRPC status passed on, a timeout as DEADLINE_EXCEEDED, anything else as INTERNAL
-(logged with its traceback; the client sees only a short message). `rpc` and `streaming_rpc`
-wrap a servicer's handlers with it.
+(logged with its traceback; the client sees where it failed and the exception's type, never its
+text, which may name internals such as object-store keys). `rpc` and `streaming_rpc` wrap a
+servicer's handlers with it. Every message is cut to MAX_MESSAGE_CHARS before it leaves.
 """
 
 from __future__ import annotations
@@ -73,13 +74,14 @@ def as_op_error(exc: BaseException, where: str = "request") -> OpError:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return OpError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{where} timed out")
     log.error("request failed", extra={"where": where}, exc_info=exc)
-    return OpError(grpc.StatusCode.INTERNAL, f"{where} failed: {exc}")
+    return OpError(grpc.StatusCode.INTERNAL, f"{where} failed ({type(exc).__name__}); see the logs")
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException, where: str) -> NoReturn:
-    """End the call with the status `exc` maps to."""
+    """End the call with the status `exc` maps to, its message shortened to what gRPC's status
+    metadata carries (a longer one would arrive as RESOURCE_EXHAUSTED instead)."""
     error = as_op_error(exc, where)
-    await context.abort(error.code, error.message)
+    await context.abort(error.code, shorten(error.message))
     raise AssertionError("unreachable: abort raises")
 
 
@@ -151,10 +153,16 @@ def _count(requests: Counter | None, method: str, context: grpc.aio.ServicerCont
 MAX_MESSAGE_CHARS = 2000  # error text travels in gRPC metadata too, which has a hard size limit
 
 
+def shorten(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE_CHARS."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        return message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return message
+
+
 def error_detail(code: grpc.StatusCode, message: str, field: str = "") -> common_pb2.ErrorDetail:
     """An ErrorDetail with the category implied by `code` (long messages are shortened)."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    message = shorten(message)
     category = (
         common_pb2.ERROR_CATEGORY_USER if code in USER_CODES else common_pb2.ERROR_CATEGORY_SERVER
     )

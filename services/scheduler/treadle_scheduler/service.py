@@ -248,7 +248,6 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
         )
         result = await link.create(model, create)
         if result.WhichOneof("result") == "error":
-            link.forget(model_id)
             raise OpError(status_code(result.error.code), result.error.message, result.error.field)
         model.step = result.create_adapter.step
         self.models[model_id] = model

@@ -148,16 +148,32 @@ class TrainerLink:
         return len(self._models), self.queued()
 
     # ----------------------------------------------------------------- placement
-    def create(
+    async def create(
         self, model: ModelRecord, create: trainer_pb2.CreateAdapterOp
-    ) -> asyncio.Future[trainer_pb2.OpResult]:
-        """Place `model` here and queue the creation of its adapter; the future gets its result
-        (call `forget` if it failed)."""
+    ) -> trainer_pb2.OpResult:
+        """Place `model` here and create its adapter; returns the trainer's result. A model whose
+        creation failed is not placed; one whose caller went away while it was being created is
+        released as soon as the trainer has made it, so no adapter is left without an owner."""
         self._models[model.model_id] = model
         op = trainer_pb2.PlannedOp(
             op_id=f"{model.model_id}#create", model_id=model.model_id, create_adapter=create
         )
-        return self._own_op(model, op)
+        outcome = self._own_op(model, op)
+        try:
+            result = await asyncio.shield(outcome)
+        except asyncio.CancelledError:
+            outcome.add_done_callback(lambda done: self._abandoned(model, done))
+            raise
+        if result.WhichOneof("result") == "error":
+            self.forget(model.model_id)
+        return result
+
+    def _abandoned(self, model: ModelRecord, done: asyncio.Future[trainer_pb2.OpResult]) -> None:
+        """A creation nobody waits for any more has ended: undo it."""
+        if not done.cancelled() and done.result().WhichOneof("result") != "error":
+            self.release(model)
+        else:
+            self.forget(model.model_id)
 
     def release(self, model: ModelRecord) -> None:
         """Queue the release of `model`'s adapter and stop holding it."""

@@ -82,7 +82,8 @@ def torch_worker() -> ThreadPoolExecutor:
 
 class CycleRunner:
     """Runs cycle plans against one engine and a checkpoint store; `worker` is the thread the
-    engine was built on (a new one when not given)."""
+    engine was built on (a new one when not given); `loss_fns` are the losses it runs and
+    reports (every loss of treadle_trainer.losses unless narrowed)."""
 
     def __init__(
         self,
@@ -92,9 +93,11 @@ class CycleRunner:
         state_ttl_seconds: int = 0,
         sampler_ttl_seconds: int = 0,
         worker: ThreadPoolExecutor | None = None,
+        loss_fns: tuple[str, ...] = RUNS,
     ) -> None:
         self.engine = engine
         self.store = store
+        self.loss_fns = loss_fns
         self.default_ttl = {
             common_pb2.CHECKPOINT_KIND_STATE: state_ttl_seconds or None,
             common_pb2.CHECKPOINT_KIND_SAMPLER: sampler_ttl_seconds or None,
@@ -117,7 +120,7 @@ class CycleRunner:
     def info(self) -> trainer_pb2.TrainerInfo:
         """The served model's capability, the adapter count and the device."""
         return trainer_pb2.TrainerInfo(
-            model=model_capability(self.engine.spec, RUNS),
+            model=model_capability(self.engine.spec, self.loss_fns),
             adapters=len(self.engine.adapters),
             device=str(self.engine.device),
         )
@@ -182,7 +185,7 @@ class CycleRunner:
             try:
                 self.engine.adapter(op.model_id)
                 batch = parse_forward_backward(
-                    op.forward_backward, spec.vocab_size, spec.max_seq_len
+                    op.forward_backward, spec.vocab_size, spec.max_seq_len, self.loss_fns
                 )
             except Exception as exc:  # fails this op alone
                 outcomes.append(as_op_error(exc, f"op {op.op_id}"))

@@ -1,9 +1,9 @@
 """Checking and decoding an op's wire inputs into plain arrays and configs.
 
 The checks are the contract's (treadle.contract), the ones the SDK and the scheduler run too,
-plus what needs the model (vocabulary, length limit). Every refusal is a ValidationError (or an
-INVALID_ARGUMENT OpError) whose field names the offending input the way the request spells it
-(`data[1].model_input`, `data[0].loss_fn_inputs.target_tokens`, `loss_fn_config.beta`,
+plus what needs the model (vocabulary, length limit). Every refusal is a ValidationError (the
+service answers it as INVALID_ARGUMENT) whose field names the offending input the way the request
+spells it (`data[1].model_input`, `data[0].loss_fn_inputs.target_tokens`, `loss_fn_config.beta`,
 `adam_params.beta2`, `lora_config.rank`), and it fails only the op it belongs to.
 """
 
@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from treadle import tensors
 from treadle.contract import losses
 from treadle.contract.optim import ADAM_DEFAULTS, check_adam
 from treadle.contract.tokens import check_tokens
-from treadle.errors import bad_field
+from treadle.errors import ValidationError, bad_field
 from treadle.v1 import common_pb2
 from treadle_models.lora import LoraSpec
-from treadle_runtime.errors import OpError, invalid
 from treadle_trainer.losses import RUNS
 from treadle_trainer.optim import AdamConfig
 
@@ -102,7 +100,7 @@ def _model_tokens(model_input: common_pb2.ModelInput, field: str) -> np.ndarray:
     parts = []
     for j, chunk in enumerate(model_input.chunks):
         if chunk.WhichOneof("chunk") != "encoded_text":
-            raise invalid(f"{field}.chunks[{j}]", "only encoded_text chunks are accepted")
+            raise bad_field(f"{field}.chunks[{j}]", "only encoded_text chunks are accepted")
         parts.append(np.asarray(chunk.encoded_text.tokens, dtype=np.int64))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -128,8 +126,7 @@ def parse_lora(config: common_pb2.LoraConfig) -> LoraSpec:
     try:
         spec.validate()
     except ValueError as exc:
-        field = str(exc).split(":", 1)[0]
-        raise OpError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), field) from None
+        raise ValidationError(str(exc), str(exc).split(":", 1)[0]) from None
     return spec
 
 

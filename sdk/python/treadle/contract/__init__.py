@@ -2,7 +2,9 @@
 
 - `losses`: the loss table (names, required inputs, config keys with defaults and which are
   required) and the checks of a forward_backward's loss, config and inputs;
+- `optim`: Adam(W) defaults and limits;
 - `sampling`: the limits of a sampling request;
+- `tokens`: the rule for token ids (non-negative, in the vocabulary, within the context);
 - `transport`: message limits and keepalive of every gRPC connection.
 
 The SDK checks a request with them before sending it, and the services check what arrives with
