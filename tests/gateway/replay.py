@@ -87,7 +87,8 @@ def main() -> None:
             rewards = [float(s.tokens[0] % 2) for s in samples.sequences]
             mean = sum(rewards) / len(rewards)
             for sequence, reward in zip(samples.sequences, rewards, strict=True):
-                assert sequence.logprobs is not None and len(sequence.logprobs) == len(sequence.tokens)
+                assert sequence.logprobs is not None
+                assert len(sequence.logprobs) == len(sequence.tokens)
                 datums.append(rl_datum(prompt, sequence.tokens, sequence.logprobs, reward - mean))
         loss_fn = "importance_sampling" if step == 0 else "ppo"
         fwd = training.forward_backward(datums, loss_fn=loss_fn)
