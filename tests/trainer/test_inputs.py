@@ -71,6 +71,18 @@ FB_CASES = {
                            "data[0].loss_fn_inputs.advantages"),
     "unknown input name": ([datum(GOOD, mask=[1.0] * 5)], "cross_entropy", {},
                            "data[0].loss_fn_inputs.mask"),
+    "NaN per-token clip_low_threshold": (
+        [datum(GOOD, **OK_RL, clip_low_threshold=NAN)], "cispo", {},
+        "data[0].loss_fn_inputs.clip_low_threshold",
+    ),
+    "inf per-token clip_high_threshold": (
+        [datum(GOOD, **OK_RL, clip_high_threshold=INF)], "ppo", {},
+        "data[0].loss_fn_inputs.clip_high_threshold",
+    ),
+    "per-token clip low above the config's high": (
+        [datum(GOOD, **OK_RL, clip_low_threshold=[0.9, 0.9, 1.3, 0.9, 0.9])], "ppo",
+        {"clip_high_threshold": 1.2}, "data[0].loss_fn_inputs.clip_low_threshold",
+    ),
     "unknown loss": ([datum(GOOD)], "dpo", {}, "loss_fn"),
     "unknown config key": ([datum(GOOD, **OK_RL)], "ppo", {"temperature": 1.0},
                            "loss_fn_config.temperature"),

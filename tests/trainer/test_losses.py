@@ -180,3 +180,72 @@ def test_cross_entropy_weights_mask_tokens(trainer):
     assert rel_err(grads, _reference(lambda lp, i: -weights[i].astype(np.float64))) <= 1e-5
     losses = output(results[f"{model_id}:fb"], "elementwise_loss")
     assert all(not e[:3].any() and e[3:].all() for e in losses)
+
+
+# per-token thresholds
+
+
+def ppo_grad(lp, q, adv, lo, hi):
+    ratio = np.exp(lp - q)
+    return np.where(ratio * adv <= np.clip(ratio, lo, hi) * adv, -ratio * adv, 0.0)
+
+
+def cispo_grad(lp, q, adv, lo, hi):
+    return -np.clip(np.exp(lp - q), lo, hi) * adv
+
+
+GRADS = {"ppo": ppo_grad, "cispo": cispo_grad}
+
+
+def _train_with(trainer, loss_fn, inputs, **config):
+    """A fresh adapter, one forward_backward over SEQS whose datum i carries inputs[name][i]
+    (None: not carried); returns (result, grads)."""
+    model_id = f"{loss_fn}-{next(_ids)}"
+    trainer.client.run_ok([create(model_id, seed=SEED)])
+    data = [
+        datum(s, **{name: v[i] for name, v in inputs.items() if v[i] is not None})
+        for i, s in enumerate(SEQS)
+    ]
+    results = trainer.client.run_ok([forward_backward(model_id, data, loss_fn, **config)])
+    grads = engine_grads(trainer.engine, model_id)
+    trainer.client.run_ok([release(model_id)])
+    return results[f"{model_id}:fb"], grads
+
+
+def _off_policy(trainer, spread: float, shift: float = 0.0):
+    """(q, A): q = the learner's lp − shift − u with u spread evenly over [−spread, spread] in a
+    random order, A ~ N(0, 1) with the first two tokens of each datum at 0 (prompt tokens)."""
+    model_id = f"probe-{next(_ids)}"
+    trainer.client.run_ok([create(model_id, seed=SEED)])
+    lp = _learner_logprobs(trainer, model_id)
+    u = [shift + rng.permutation(np.linspace(-spread, spread, len(x))) for x in lp]
+    q = [(x - u_i).astype(np.float32) for x, u_i in zip(lp, u, strict=True)]
+    adv = [rng.normal(size=len(x)).astype(np.float32) for x in lp]
+    for a in adv:
+        a[:2] = 0.0
+    return q, adv
+
+
+@pytest.mark.parametrize("loss_fn", list(GRADS))
+def test_per_token_thresholds_replace_the_configs_for_the_datum_that_carries_them(trainer, loss_fn):
+    """Ratios e^(0.15 ± 0.4) and A > 0: the config's [0.9, 1.1] clips many tokens; datum 0's
+    own thresholds are wide on its even tokens and the config's on its odd ones, datum 1
+    carries none."""
+    q, adv = _off_policy(trainer, 0.4, shift=0.15)
+    adv = [np.where(a != 0, np.abs(a) + 0.1, 0.0).astype(np.float32) for a in adv]
+    config = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}
+    even = np.arange(len(q[0])) % 2 == 0
+    low = [np.where(even, 0.2, 0.9).astype(np.float32), None]
+    high = [np.where(even, 5.0, 1.1).astype(np.float32), None]
+    inputs = {"logprobs": q, "advantages": adv, "clip_low_threshold": low,
+              "clip_high_threshold": high}  # fmt: skip
+    _, grads = _train_with(trainer, loss_fn, inputs, **config)
+
+    def per_token(lp, i, own=True):
+        lo = low[i] if own and low[i] is not None else config["clip_low_threshold"]
+        hi = high[i] if own and high[i] is not None else config["clip_high_threshold"]
+        return GRADS[loss_fn](lp, q[i], adv[i], lo, hi)
+
+    assert rel_err(grads, _reference(per_token)) <= 1e-5
+    config_only = _reference(lambda lp, i: per_token(lp, i, own=False))
+    assert rel_err(config_only, grads) > 0.01

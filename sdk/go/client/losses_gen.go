@@ -22,8 +22,10 @@ var lossInputs = map[string][]string{
 
 // inputDTypes are the loss_fn_inputs a datum may carry, and their dtypes.
 var inputDTypes = map[string]string{
-	"target_tokens": "int64",
-	"weights":       "float32",
-	"logprobs":      "float32",
-	"advantages":    "float32",
+	"target_tokens":       "int64",
+	"weights":             "float32",
+	"logprobs":            "float32",
+	"advantages":          "float32",
+	"clip_low_threshold":  "float32",
+	"clip_high_threshold": "float32",
 }

@@ -33,7 +33,7 @@ from treadle_trainer.grouped_lora import Group
 from treadle_trainer.head import HeadSegment, StackedHead, TokenLoss, unembed
 from treadle_trainer.inputs import DatumArrays, LossBatch
 from treadle_trainer.lora_bank import LoraBank, adapter_key
-from treadle_trainer.losses import FUNCTIONS, LossInputs, loss_metrics
+from treadle_trainer.losses import FUNCTIONS, loss_metrics
 from treadle_trainer.optim import AdamConfig, AdamState
 from treadle_trainer.passes import plan_passes
 from treadle_trainer.residency import Residency, offload_store
@@ -270,13 +270,7 @@ class TrainerEngine:
         fn, config = FUNCTIONS[batch.loss_fn], batch.config
 
         def token_loss(lp_n: torch.Tensor, offset: int, n: int) -> torch.Tensor:
-            part = LossInputs(
-                x.mask_NT.narrow(1, offset, n),
-                x.weights_NT.narrow(1, offset, n),
-                x.advantages_NT.narrow(1, offset, n),
-                x.sampler_logprobs_NT.narrow(1, offset, n),
-            )
-            return fn(lp_n[None], part, config).loss_NT[0]
+            return fn(lp_n[None], x.narrow(offset, n), config).loss_NT[0]
 
         return token_loss
 

@@ -1,4 +1,4 @@
-"""Tinker's loss family, per token, on right-padded [N, T] tensors of one op's datums.
+"""Tinker's loss family, per token, on [N, T] tensors of one op's datums.
 
 The losses' names, inputs and config keys are the contract's table (treadle.contract.losses,
 whose docstring has the formulas); this module holds their torch functions, keyed by those
@@ -14,7 +14,8 @@ A != 0 (all tokens if there are none).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -24,12 +25,23 @@ from treadle.contract.losses import BETA, CLIP_HIGH, CLIP_LOW
 
 @dataclass(frozen=True)
 class LossInputs:
-    """One op's per-token inputs, right-padded to [N, T] (zeros on padding)."""
+    """One op's per-token inputs, [N, T] (right-padded datums, zeros on padding) or [1, ΣT]
+    (datums laid end to end). An optional input a datum does not carry is NaN on its tokens
+    (inputs are finite, so NaN means "not given")."""
 
     mask_NT: torch.Tensor  # 1.0 on real tokens, 0.0 on padding
     weights_NT: torch.Tensor
     advantages_NT: torch.Tensor
     sampler_logprobs_NT: torch.Tensor
+    clip_low_NT: torch.Tensor  # per-token clip_low_threshold; NaN: the config's
+    clip_high_NT: torch.Tensor  # per-token clip_high_threshold; NaN: the config's
+
+    def narrow(self, offset: int, n: int) -> LossInputs:
+        """The inputs of tokens [offset, offset + n) of every row."""
+        parts: dict[str, Any] = {
+            f.name: getattr(self, f.name).narrow(1, offset, n) for f in fields(self)
+        }
+        return LossInputs(**parts)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,13 @@ def _true_ratio(lp_NT: torch.Tensor, x: LossInputs) -> torch.Tensor:
     return torch.exp(lp_NT.detach() - x.sampler_logprobs_NT)
 
 
+def _thresholds(x: LossInputs, config: Mapping[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's (lo, hi): its datum's per-token thresholds where given, else the config's."""
+    low = torch.where(x.clip_low_NT.isnan(), config[CLIP_LOW], x.clip_low_NT)
+    high = torch.where(x.clip_high_NT.isnan(), config[CLIP_HIGH], x.clip_high_NT)
+    return low, high
+
+
 def cross_entropy(lp_NT: torch.Tensor, x: LossInputs, config: Mapping[str, float]) -> TokenLosses:
     """-w·lp"""
     return TokenLosses(loss_NT=-(x.weights_NT * lp_NT) * x.mask_NT)
@@ -69,18 +88,19 @@ def importance_sampling(
 
 
 def ppo(lp_NT: torch.Tensor, x: LossInputs, config: Mapping[str, float]) -> TokenLosses:
-    """-min(r·A, clip(r, lo, hi)·A)"""
+    """-min(r·A, clip(r, lo, hi)·A); lo, hi per token where the datum carries them."""
     ratio = _ratio(lp_NT, x)
+    low, high = _thresholds(x, config)
     unclipped = ratio * x.advantages_NT
-    clipped = torch.clamp(ratio, config[CLIP_LOW], config[CLIP_HIGH]) * x.advantages_NT
+    clipped = torch.clamp(ratio, low, high) * x.advantages_NT
     loss = -torch.minimum(unclipped, clipped)
     return TokenLosses(loss * x.mask_NT, _true_ratio(lp_NT, x), (clipped < unclipped).detach())
 
 
 def cispo(lp_NT: torch.Tensor, x: LossInputs, config: Mapping[str, float]) -> TokenLosses:
-    """-stopgrad(clip(r, lo, hi))·lp·A"""
+    """-sg(clip(r, lo, hi))·lp·A; lo, hi per token where the datum carries them."""
     ratio = _ratio(lp_NT, x).detach()
-    low, high = config[CLIP_LOW], config[CLIP_HIGH]
+    low, high = _thresholds(x, config)
     loss = -(torch.clamp(ratio, low, high) * lp_NT * x.advantages_NT)
     return TokenLosses(loss * x.mask_NT, _true_ratio(lp_NT, x), (ratio < low) | (ratio > high))
 

@@ -1,20 +1,27 @@
 """Tinker's loss family as data: each loss's name, the inputs it needs, its config keys.
 
 This table is the one definition of the losses. The SDK checks a request against it before
-sending, the scheduler at its door and the trainer before running (all through
-`resolve_config` and `check_input`), the trainer's functions are keyed by these names
+sending, the scheduler at its door and the trainer before running (all three through
+`resolve_config`; the SDK and the trainer also check each datum with `check_input` and
+`check_thresholds`), the trainer's functions are keyed by these names
 (treadle_trainer/losses.py), and capabilities list the names a trainer runs.
 
 With lp the learner logprob of each target token, q the sampler logprob (`logprobs` input),
-A the advantage and r = exp(lp - q), each loss is, per token:
+A the advantage, r = exp(lp - q) and sg a stop-gradient, each loss is, per token:
 
     cross_entropy        -w·lp                                   (w = `weights`, default 1)
     importance_sampling  -r·A
     ppo                  -min(r·A, clip(r, lo, hi)·A)            lo 0.8, hi 1.2 by default
-    cispo                -stopgrad(clip(r, lo, hi))·lp·A         lo 0.0, hi 4.0 by default
+    cispo                -sg(clip(r, lo, hi))·lp·A               lo 0.0, hi 4.0 by default
     dro                  -(lp·A - ½·β·(lp - q)²)                 β required
 
 and an op's loss is the plain SUM over its tokens and datums (no normalisation).
+
+Per-token thresholds: a datum may carry `clip_low_threshold` / `clip_high_threshold` as
+per-token float32 inputs (as Tinker's Datum may); for the losses with those config keys (ppo,
+cispo) a datum that carries them uses them for its tokens instead of the config's scalar;
+every token's pair must be in order (lo <= hi), as the config's must. The other losses accept
+and ignore them, as they ignore inputs they do not use.
 """
 
 from __future__ import annotations
@@ -44,12 +51,15 @@ TARGET_TOKENS = "target_tokens"
 WEIGHTS = "weights"
 LOGPROBS = "logprobs"
 ADVANTAGES = "advantages"
-# every loss_fn_input a datum may carry, with the dtype it must travel as
+# every loss_fn_input a datum may carry, with the dtype it must travel as (Tinker's Datum keys);
+# CLIP_LOW and CLIP_HIGH are also per-token inputs: thresholds that override the config's
 INPUT_DTYPES: Mapping[str, str] = {
     TARGET_TOKENS: "int64",
     WEIGHTS: "float32",
     LOGPROBS: "float32",
     ADVANTAGES: "float32",
+    CLIP_LOW: "float32",
+    CLIP_HIGH: "float32",
 }
 RL_INPUTS = (TARGET_TOKENS, LOGPROBS, ADVANTAGES)
 
@@ -144,3 +154,26 @@ def check_required_inputs(path: str, loss: Loss, names: Container[str]) -> None:
     for name in loss.inputs:
         if name not in names:
             raise bad_field(f"{path}.loss_fn_inputs.{name}", f"is required by {loss.name}")
+
+
+def check_thresholds(
+    path: str, loss: Loss, config: Mapping[str, float], inputs: Mapping[str, np.ndarray]
+) -> None:
+    """The clip thresholds of each token of the datum at `path` are in order (lo <= hi): its
+    per-token `clip_low_threshold` / `clip_high_threshold` inputs where it carries them, else
+    `config`'s (the loss's defaults for keys it lacks). Only for the losses that clip; the
+    inputs must have passed `check_input`. ValidationError naming the per-token input."""
+    if CLIP_LOW not in loss.config or not (CLIP_LOW in inputs or CLIP_HIGH in inputs):
+        return
+    low = inputs.get(CLIP_LOW, config.get(CLIP_LOW, loss.config[CLIP_LOW]))
+    high = inputs.get(CLIP_HIGH, config.get(CLIP_HIGH, loss.config[CLIP_HIGH]))
+    low_T, high_T = np.broadcast_arrays(np.asarray(low), np.asarray(high))
+    above = np.flatnonzero(low_T > high_T)
+    if above.size:
+        position = int(above[0])
+        name = CLIP_LOW if CLIP_LOW in inputs else CLIP_HIGH
+        raise bad_field(
+            f"{path}.loss_fn_inputs.{name}",
+            f"{CLIP_LOW} {low_T[position]} is above {CLIP_HIGH} {high_T[position]} "
+            f"at position {position}",
+        )
