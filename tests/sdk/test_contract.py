@@ -29,6 +29,7 @@ INPUTS = {
     losses.ADVANTAGES: [0.0, 1.0, 1.0, -1.0],
     losses.CLIP_LOW: [0.5, 0.4, 0.3, 0.5],
     losses.CLIP_HIGH: [1.5, 1.6, 1.7, 1.5],
+    losses.SEQUENCE_RATIO_MASK: [0.0, 1.0, 1.0, 0.0],
 }
 
 
@@ -137,17 +138,29 @@ def _rl(**extra: list[float] | np.ndarray) -> dict[str, list[float] | np.ndarray
     return {**{name: INPUTS[name] for name in losses.RL_INPUTS}, **extra}
 
 
+@pytest.mark.parametrize("loss_fn", [losses.GSPO])
+@pytest.mark.parametrize("name", losses.RL_INPUTS)
+def test_the_new_losses_without_a_required_input_are_refused_naming_it(
+    loss_fn: str, name: str
+) -> None:
+    inputs = {k: v for k, v in _rl().items() if k != name}
+    sdk, scheduler, trainer = verdicts(loss_fn, {}, inputs, False)
+    assert sdk == trainer == f"data[0].loss_fn_inputs.{name}" and scheduler is None
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         (losses.CLIP_LOW, [0.5, math.nan, 0.5, 0.5]),
         (losses.CLIP_HIGH, [1.5, 1.5, math.inf, 1.5]),
+        (losses.SEQUENCE_RATIO_MASK, [1.0, 1.0, -math.inf, 1.0]),
         (losses.CLIP_LOW, np.array([0, 0, 0, 1], np.int64)),
+        (losses.SEQUENCE_RATIO_MASK, np.array([1, 1, 0, 0], np.int64)),
         (losses.CLIP_HIGH, [1.5, 1.5, 1.5]),
     ],
-    ids=["NaN low", "inf high", "int64 low", "short high"],
+    ids=["NaN low", "inf high", "-inf mask", "int64 low", "int64 mask", "short high"],
 )
-@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.CISPO])
+@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.CISPO, losses.GSPO])
 def test_a_bad_optional_input_is_refused_naming_it(
     loss_fn: str, name: str, value: list[float] | np.ndarray
 ) -> None:
@@ -155,7 +168,7 @@ def test_a_bad_optional_input_is_refused_naming_it(
     assert sdk == trainer == f"data[0].loss_fn_inputs.{name}" and scheduler is None
 
 
-@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.CISPO])
+@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.CISPO, losses.GSPO])
 def test_per_token_thresholds_out_of_order_are_refused_naming_them(loss_fn: str) -> None:
     config = {losses.CLIP_LOW: 0.5, losses.CLIP_HIGH: 1.5}
     low_above_config = _rl(**{losses.CLIP_LOW: [0.5, 1.6, 0.5, 0.5]})

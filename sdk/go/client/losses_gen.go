@@ -9,6 +9,7 @@ const (
 	PPO                = "ppo"
 	CISPO              = "cispo"
 	DRO                = "dro"
+	GSPO               = "gspo"
 )
 
 // lossInputs are the loss_fn_inputs each loss requires.
@@ -18,6 +19,7 @@ var lossInputs = map[string][]string{
 	PPO:                {"target_tokens", "logprobs", "advantages"},
 	CISPO:              {"target_tokens", "logprobs", "advantages"},
 	DRO:                {"target_tokens", "logprobs", "advantages"},
+	GSPO:               {"target_tokens", "logprobs", "advantages"},
 }
 
 // inputDTypes are the loss_fn_inputs a datum may carry, and their dtypes.
@@ -28,4 +30,5 @@ var inputDTypes = map[string]string{
 	"advantages":          "float32",
 	"clip_low_threshold":  "float32",
 	"clip_high_threshold": "float32",
+	"sequence_ratio_mask": "float32",
 }

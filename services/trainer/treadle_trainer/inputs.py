@@ -37,6 +37,7 @@ class DatumArrays:
     advantages: np.ndarray | None  # float32 [T]
     clip_low: np.ndarray | None = None  # float32 [T], per-token clip_low_threshold
     clip_high: np.ndarray | None = None  # float32 [T], per-token clip_high_threshold
+    ratio_mask: np.ndarray | None = None  # float32 [T], sequence_ratio_mask (gspo's M: != 0)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def _parse_datum(
         advantages=inputs.get(losses.ADVANTAGES),
         clip_low=inputs.get(losses.CLIP_LOW),
         clip_high=inputs.get(losses.CLIP_HIGH),
+        ratio_mask=inputs.get(losses.SEQUENCE_RATIO_MASK),
     )
 
 

@@ -85,6 +85,7 @@ _COLUMNS = (
     ("logprobs", "sampler_logprobs_NT", 0.0),
     ("clip_low", "clip_low_NT", np.nan),
     ("clip_high", "clip_high_NT", np.nan),
+    ("ratio_mask", "ratio_mask_NT", np.nan),
 )
 
 
@@ -95,7 +96,12 @@ def flat_loss_inputs(datums: list[DatumArrays], device: torch.device) -> LossInp
         field: torch.from_numpy(np.concatenate(_column(datums, name, default)))[None].to(device)
         for name, field, default in _COLUMNS
     }
-    return LossInputs(mask_NT=torch.ones((1, sum(lengths)), device=device), **columns)
+    sequence = np.repeat(np.arange(len(datums)), lengths)
+    return LossInputs(
+        mask_NT=torch.ones((1, sum(lengths)), device=device),
+        sequence_NT=torch.from_numpy(sequence)[None].to(device),
+        **columns,
+    )
 
 
 def loss_inputs(datums: list[DatumArrays], T: int, device: torch.device) -> LossInputs:
@@ -108,6 +114,9 @@ def loss_inputs(datums: list[DatumArrays], T: int, device: torch.device) -> Loss
         mask[n, :t] = 1.0
         for name, field, default in _COLUMNS:
             columns[field][n, :t] = torch.tensor(_column([d], name, default)[0])
+    sequence = torch.arange(N)[:, None].expand(N, T).contiguous()
     return LossInputs(
-        mask_NT=mask.to(device), **{field: column.to(device) for field, column in columns.items()}
+        mask_NT=mask.to(device),
+        sequence_NT=sequence.to(device),
+        **{field: column.to(device) for field, column in columns.items()},
     )

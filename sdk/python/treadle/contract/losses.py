@@ -7,21 +7,31 @@ sending, the scheduler at its door and the trainer before running (all three thr
 (treadle_trainer/losses.py), and capabilities list the names a trainer runs.
 
 With lp the learner logprob of each target token, q the sampler logprob (`logprobs` input),
-A the advantage, r = exp(lp - q) and sg a stop-gradient, each loss is, per token:
+A the advantage, r = exp(lp - q) and sg a stop-gradient, each loss is, per token t:
 
     cross_entropy        -w·lp                                   (w = `weights`, default 1)
     importance_sampling  -r·A
     ppo                  -min(r·A, clip(r, lo, hi)·A)            lo 0.8, hi 1.2 by default
     cispo                -sg(clip(r, lo, hi))·lp·A               lo 0.0, hi 4.0 by default
     dro                  -(lp·A - ½·β·(lp - q)²)                 β required
+    gspo                 -min(s_t·A, clip(s_t, lo, hi)·A)        lo 0.9997, hi 1.0004 by default
 
 and an op's loss is the plain SUM over its tokens and datums (no normalisation).
 
+gspo is Tinker's GSPO-token (https://tinker-docs.thinkingmachines.ai/tinker/losses/gspo/): over
+the tokens M of a datum that its `sequence_ratio_mask` marks (mask != 0), the sequence ratio is
+s = exp(mean_{u∈M} (sg(lp_u) - q_u)), and each token's ratio s_t = s·exp(lp_t - sg(lp_t)) has
+s's value and the gradient of its own logprob. A datum without `sequence_ratio_mask` takes M =
+its tokens with A != 0 (its sampled tokens: RL data gives prompt tokens A = 0 and q = 0); an
+empty M gives s = 1. The defaults are the GSPO paper's clipping ranges, 1 - 3e-4 and 1 + 4e-4
+(Zheng et al. 2025, arXiv:2507.18071 §5.1); Tinker's own defaults were not found, so they may
+differ from these.
+
 Per-token thresholds: a datum may carry `clip_low_threshold` / `clip_high_threshold` as
 per-token float32 inputs (as Tinker's Datum may); for the losses with those config keys (ppo,
-cispo) a datum that carries them uses them for its tokens instead of the config's scalar;
-every token's pair must be in order (lo <= hi), as the config's must. The other losses accept
-and ignore them, as they ignore inputs they do not use.
+cispo, gspo) a datum that carries them uses them for its tokens instead of the config's
+scalar; every token's pair must be in order (lo <= hi), as the config's must. The other losses
+accept and ignore them, as they ignore inputs they do not use.
 """
 
 from __future__ import annotations
@@ -40,8 +50,9 @@ IMPORTANCE_SAMPLING = "importance_sampling"
 PPO = "ppo"
 CISPO = "cispo"
 DRO = "dro"
+GSPO = "gspo"
 # the same names for type checkers (Tinker's LossFnType); a test keeps it equal to LOSSES
-LossName = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"]
+LossName = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"]
 
 CLIP_LOW = "clip_low_threshold"
 CLIP_HIGH = "clip_high_threshold"
@@ -51,6 +62,7 @@ TARGET_TOKENS = "target_tokens"
 WEIGHTS = "weights"
 LOGPROBS = "logprobs"
 ADVANTAGES = "advantages"
+SEQUENCE_RATIO_MASK = "sequence_ratio_mask"
 # every loss_fn_input a datum may carry, with the dtype it must travel as (Tinker's Datum keys);
 # CLIP_LOW and CLIP_HIGH are also per-token inputs: thresholds that override the config's
 INPUT_DTYPES: Mapping[str, str] = {
@@ -60,6 +72,7 @@ INPUT_DTYPES: Mapping[str, str] = {
     ADVANTAGES: "float32",
     CLIP_LOW: "float32",
     CLIP_HIGH: "float32",
+    SEQUENCE_RATIO_MASK: "float32",
 }
 RL_INPUTS = (TARGET_TOKENS, LOGPROBS, ADVANTAGES)
 
@@ -82,6 +95,7 @@ LOSSES: Mapping[str, Loss] = {
         Loss(PPO, RL_INPUTS, {CLIP_LOW: 0.8, CLIP_HIGH: 1.2}, ratio_metrics=True),
         Loss(CISPO, RL_INPUTS, {CLIP_LOW: 0.0, CLIP_HIGH: 4.0}, ratio_metrics=True),
         Loss(DRO, RL_INPUTS, {BETA: None}),
+        Loss(GSPO, RL_INPUTS, {CLIP_LOW: 1 - 3e-4, CLIP_HIGH: 1 + 4e-4}, ratio_metrics=True),
     )
 }
 CONFIG_KEYS = tuple(dict.fromkeys(key for loss in LOSSES.values() for key in loss.config))
