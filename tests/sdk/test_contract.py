@@ -138,7 +138,7 @@ def _rl(**extra: list[float] | np.ndarray) -> dict[str, list[float] | np.ndarray
     return {**{name: INPUTS[name] for name in losses.RL_INPUTS}, **extra}
 
 
-@pytest.mark.parametrize("loss_fn", [losses.GSPO])
+@pytest.mark.parametrize("loss_fn", [losses.GSPO, losses.STABLE_REINFORCE])
 @pytest.mark.parametrize("name", losses.RL_INPUTS)
 def test_the_new_losses_without_a_required_input_are_refused_naming_it(
     loss_fn: str, name: str
@@ -160,7 +160,7 @@ def test_the_new_losses_without_a_required_input_are_refused_naming_it(
     ],
     ids=["NaN low", "inf high", "-inf mask", "int64 low", "int64 mask", "short high"],
 )
-@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.CISPO, losses.GSPO])
+@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.GSPO, losses.STABLE_REINFORCE])
 def test_a_bad_optional_input_is_refused_naming_it(
     loss_fn: str, name: str, value: list[float] | np.ndarray
 ) -> None:
@@ -168,7 +168,9 @@ def test_a_bad_optional_input_is_refused_naming_it(
     assert sdk == trainer == f"data[0].loss_fn_inputs.{name}" and scheduler is None
 
 
-@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.CISPO, losses.GSPO])
+@pytest.mark.parametrize(
+    "loss_fn", [losses.PPO, losses.CISPO, losses.GSPO, losses.STABLE_REINFORCE]
+)
 def test_per_token_thresholds_out_of_order_are_refused_naming_them(loss_fn: str) -> None:
     config = {losses.CLIP_LOW: 0.5, losses.CLIP_HIGH: 1.5}
     low_above_config = _rl(**{losses.CLIP_LOW: [0.5, 1.6, 0.5, 0.5]})

@@ -73,12 +73,16 @@ FB_CASES = {
                            "data[0].loss_fn_inputs.mask"),
     "missing logprobs for gspo": ([datum(GOOD, advantages=[1.0] * 5)], "gspo", {},
                                   "data[0].loss_fn_inputs.logprobs"),
+    "missing advantages for stable_reinforce": (
+        [datum(GOOD, logprobs=[-1.0] * 5)], "stable_reinforce", {},
+        "data[0].loss_fn_inputs.advantages",
+    ),
     "NaN per-token clip_low_threshold": (
         [datum(GOOD, **OK_RL, clip_low_threshold=NAN)], "gspo", {},
         "data[0].loss_fn_inputs.clip_low_threshold",
     ),
     "inf per-token clip_high_threshold": (
-        [datum(GOOD, **OK_RL, clip_high_threshold=INF)], "ppo", {},
+        [datum(GOOD, **OK_RL, clip_high_threshold=INF)], "stable_reinforce", {},
         "data[0].loss_fn_inputs.clip_high_threshold",
     ),
     "sequence_ratio_mask shorter than input": (

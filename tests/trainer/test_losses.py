@@ -182,7 +182,7 @@ def test_cross_entropy_weights_mask_tokens(trainer):
     assert all(not e[:3].any() and e[3:].all() for e in losses)
 
 
-# gspo, and per-token thresholds
+# gspo and stable_reinforce, and per-token thresholds
 
 
 def _gspo_sequence_ratio(lp, q, adv, ratio_mask=None):
@@ -200,6 +200,14 @@ def gspo_terms(lp, q, adv, lo, hi, ratio_mask=None):
     return -np.minimum(unclipped, clipped), np.where(keeps, -s * adv, 0.0), ~keeps
 
 
+def stable_reinforce_terms(lp, q, adv, lo, hi):
+    """(per-token loss, dL/dlp, masked) of the masked importance-weighted REINFORCE."""
+    ratio = np.exp(lp - q)
+    trusted = (ratio >= lo) & (ratio <= hi)
+    weight = np.where(trusted, ratio, 0.0)
+    return -weight * lp * adv, -weight * adv, ~trusted
+
+
 def ppo_grad(lp, q, adv, lo, hi):
     ratio = np.exp(lp - q)
     return np.where(ratio * adv <= np.clip(ratio, lo, hi) * adv, -ratio * adv, 0.0)
@@ -213,6 +221,7 @@ GRADS = {
     "ppo": ppo_grad,
     "cispo": cispo_grad,
     "gspo": lambda *args: gspo_terms(*args)[1],
+    "stable_reinforce": lambda *args: stable_reinforce_terms(*args)[1],
 }
 
 
@@ -304,6 +313,42 @@ def test_gspo_clips_whole_sequences(trainer):
     assert clipped.forward_backward.metrics["clip_fraction:mean"] == 1.0
     _, grads = _train_once(trainer, "gspo", q, adv, clip_high_threshold=2.0)
     assert rel_err(grads, _reference(lambda lp, i: -1.5 * adv[i].astype(np.float64))) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"clip_low_threshold": 0.6, "clip_high_threshold": 1.6}],
+    ids=["defaults", "narrow"],
+)
+def test_stable_reinforce_gradient_and_loss_match_masked_reinforce(trainer, config):
+    q, adv = _off_policy(trainer, 1.2)  # ratios e^±1.2: some tokens fall outside [lo, hi]
+    result, grads = _train_with(trainer, "stable_reinforce", {"logprobs": q, "advantages": adv},
+                                **config)  # fmt: skip
+    lo, hi = config.get("clip_low_threshold", 0.5), config.get("clip_high_threshold", 2.0)
+    want = _reference(lambda lp, i: stable_reinforce_terms(lp, q[i], adv[i], lo, hi)[1])
+    assert rel_err(grads, want) <= 1e-5
+    lps = output(result, "logprobs")
+    terms = [stable_reinforce_terms(lps[i], q[i], adv[i], lo, hi) for i in range(len(SEQS))]
+    for got, (loss, _, _) in zip(output(result, "elementwise_loss"), terms, strict=True):
+        np.testing.assert_allclose(got, loss, rtol=1e-5, atol=1e-6)
+    active = np.concatenate([a != 0 for a in adv])
+    masked = np.concatenate([t[2] for t in terms])[active]
+    assert 0 < masked.mean() < 1  # the case masks some tokens and keeps others
+    metrics = result.forward_backward.metrics
+    assert metrics["clip_fraction:mean"] == pytest.approx(masked.mean(), abs=1e-6)
+    ratios = np.concatenate([np.exp(lps[i] - q[i]) for i in range(len(SEQS))])[active]
+    assert metrics["ratio:mean"] == pytest.approx(ratios.mean(), rel=1e-5)
+    # inside the trust interval the gradient is importance_sampling's; outside it is zero
+    unmasked = _reference(lambda lp, i: -np.exp(lp - q[i]) * adv[i])
+    assert rel_err(grads, unmasked) > 0.05
+
+
+def test_stable_reinforce_drops_tokens_outside_the_trust_interval(trainer):
+    q, adv = _policy_case(trainer, float(np.log(3.0)))
+    _, masked = _train_once(trainer, "stable_reinforce", q, adv)
+    assert masked and all(not g.any() for g in masked.values())
+    _, kept = _train_once(trainer, "stable_reinforce", q, adv, clip_high_threshold=4.0)
+    assert rel_err(kept, _reference(lambda lp, i: -3.0 * adv[i].astype(np.float64))) <= 1e-5
 
 
 @pytest.mark.parametrize("loss_fn", list(GRADS))

@@ -104,6 +104,7 @@ func TestCheckDataRefusesWhatTheLossCannotUse(t *testing.T) {
 			"cross_entropy", "data[0].loss_fn_inputs.advantages",
 		},
 		{[]*treadlev1.Datum{good}, GSPO, "data[0].loss_fn_inputs.logprobs"},
+		{[]*treadlev1.Datum{good}, StableReinforce, "data[0].loss_fn_inputs.logprobs"},
 		{
 			[]*treadlev1.Datum{withInput("clip_low_threshold", Float32Tensor([]float32{0.8, float32(math.NaN())}))},
 			"cross_entropy", "data[0].loss_fn_inputs.clip_low_threshold",

@@ -10,6 +10,7 @@ const (
 	CISPO              = "cispo"
 	DRO                = "dro"
 	GSPO               = "gspo"
+	StableReinforce    = "stable_reinforce"
 )
 
 // lossInputs are the loss_fn_inputs each loss requires.
@@ -20,6 +21,7 @@ var lossInputs = map[string][]string{
 	CISPO:              {"target_tokens", "logprobs", "advantages"},
 	DRO:                {"target_tokens", "logprobs", "advantages"},
 	GSPO:               {"target_tokens", "logprobs", "advantages"},
+	StableReinforce:    {"target_tokens", "logprobs", "advantages"},
 }
 
 // inputDTypes are the loss_fn_inputs a datum may carry, and their dtypes.

@@ -175,6 +175,23 @@ def gspo(lp_NT: torch.Tensor, x: LossInputs, config: Mapping[str, float]) -> Tok
     return TokenLosses(loss * x.mask_NT, ratio.detach(), (clipped < unclipped).detach())
 
 
+def stable_reinforce(
+    lp_NT: torch.Tensor, x: LossInputs, config: Mapping[str, float]
+) -> TokenLosses:
+    """-sg(r·[lo ≤ r ≤ hi])·lp·A
+
+    A masked importance-weighted REINFORCE (Treadle's stand-in for Tinker's alpha loss, whose
+    objective Treadle could not obtain): a token keeps the gradient -r·A·∇lp while its ratio
+    lies in the trust interval [lo, hi] and has none outside it. lo, hi per token where the
+    datum carries them. The clip indicator marks the masked tokens.
+    """
+    ratio = _ratio(lp_NT, x).detach()
+    low, high = _thresholds(x, config)
+    trusted = (ratio >= low) & (ratio <= high)
+    loss = -(torch.where(trusted, ratio, 0.0) * lp_NT * x.advantages_NT)
+    return TokenLosses(loss * x.mask_NT, _true_ratio(lp_NT, x), trusted.logical_not())
+
+
 FUNCTIONS: Mapping[str, LossFn] = {
     contract.CROSS_ENTROPY: cross_entropy,
     contract.IMPORTANCE_SAMPLING: importance_sampling,
@@ -182,6 +199,7 @@ FUNCTIONS: Mapping[str, LossFn] = {
     contract.CISPO: cispo,
     contract.DRO: dro,
     contract.GSPO: gspo,
+    contract.STABLE_REINFORCE: stable_reinforce,
 }
 RUNS = tuple(name for name in contract.LOSSES if name in FUNCTIONS)
 # losses whose token values depend on their datum's other tokens (with_sequence_log_ratio)

@@ -15,6 +15,7 @@ A the advantage, r = exp(lp - q) and sg a stop-gradient, each loss is, per token
     cispo                -sg(clip(r, lo, hi))·lp·A               lo 0.0, hi 4.0 by default
     dro                  -(lp·A - ½·β·(lp - q)²)                 β required
     gspo                 -min(s_t·A, clip(s_t, lo, hi)·A)        lo 0.9997, hi 1.0004 by default
+    stable_reinforce     -sg(r·[lo ≤ r ≤ hi])·lp·A               lo 0.5, hi 2.0 by default
 
 and an op's loss is the plain SUM over its tokens and datums (no normalisation).
 
@@ -27,11 +28,24 @@ empty M gives s = 1. The defaults are the GSPO paper's clipping ranges, 1 - 3e-4
 (Zheng et al. 2025, arXiv:2507.18071 §5.1); Tinker's own defaults were not found, so they may
 differ from these.
 
+stable_reinforce is NOT Tinker's objective. Tinker documents `stable_reinforce` (alpha) as a
+REINFORCE variant that stays stable off-policy using information its sampler records
+(`record_stability_info=True`, datums annotated with the sampled `sequence_id`s), but the
+objective itself could not be found in its documentation (only those sampling requirements),
+and Treadle's sampler records nothing beyond the logprobs. Treadle runs a masked
+importance-weighted REINFORCE on the datum's own q instead: each token's gradient is weighted
+by its ratio r when r lies in the trust interval [lo, hi] and dropped (weight 0) outside it,
+IcePop's mask M(r) = r·[lo ≤ r ≤ hi] (Ring-1T, arXiv:2510.18855). The weight is
+bounded by hi, and tokens on which learner and sampler disagree grossly (stale or mismatched
+numerics) carry no gradient; inside the interval the gradient is importance_sampling's. The
+defaults, lo 0.5 and hi 2.0, are Treadle's choice: a token whose ratio is off by more than a
+factor of two either way is taken as one the two policies disagree on.
+
 Per-token thresholds: a datum may carry `clip_low_threshold` / `clip_high_threshold` as
 per-token float32 inputs (as Tinker's Datum may); for the losses with those config keys (ppo,
-cispo, gspo) a datum that carries them uses them for its tokens instead of the config's
-scalar; every token's pair must be in order (lo <= hi), as the config's must. The other losses
-accept and ignore them, as they ignore inputs they do not use.
+cispo, gspo, stable_reinforce) a datum that carries them uses them for its tokens instead of
+the config's scalar; every token's pair must be in order (lo <= hi), as the config's must. The
+other losses accept and ignore them, as they ignore inputs they do not use.
 """
 
 from __future__ import annotations
@@ -51,8 +65,11 @@ PPO = "ppo"
 CISPO = "cispo"
 DRO = "dro"
 GSPO = "gspo"
+STABLE_REINFORCE = "stable_reinforce"
 # the same names for type checkers (Tinker's LossFnType); a test keeps it equal to LOSSES
-LossName = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"]
+LossName = Literal[
+    "cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce"
+]
 
 CLIP_LOW = "clip_low_threshold"
 CLIP_HIGH = "clip_high_threshold"
@@ -96,6 +113,7 @@ LOSSES: Mapping[str, Loss] = {
         Loss(CISPO, RL_INPUTS, {CLIP_LOW: 0.0, CLIP_HIGH: 4.0}, ratio_metrics=True),
         Loss(DRO, RL_INPUTS, {BETA: None}),
         Loss(GSPO, RL_INPUTS, {CLIP_LOW: 1 - 3e-4, CLIP_HIGH: 1 + 4e-4}, ratio_metrics=True),
+        Loss(STABLE_REINFORCE, RL_INPUTS, {CLIP_LOW: 0.5, CLIP_HIGH: 2.0}, ratio_metrics=True),
     )
 }
 CONFIG_KEYS = tuple(dict.fromkeys(key for loss in LOSSES.values() for key in loss.config))
