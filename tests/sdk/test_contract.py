@@ -29,6 +29,9 @@ INPUTS = {
     losses.WEIGHTS: [1.0, 1.0, 0.5, 0.0],
     losses.LOGPROBS: [-1.0, -0.5, -2.0, -1.5],
     losses.ADVANTAGES: [0.0, 1.0, 1.0, -1.0],
+    losses.CLIP_LOW: [0.5, 0.4, 0.3, 0.5],
+    losses.CLIP_HIGH: [1.5, 1.6, 1.7, 1.5],
+    losses.SEQUENCE_RATIO_MASK: [0.0, 1.0, 1.0, 0.0],
 }
 
 
@@ -47,18 +50,25 @@ def _field(check: typing.Callable[[], object]) -> str | None:
 
 
 def verdicts(
-    loss_fn: str, config: dict[str, float], inputs: dict[str, list[float]], forward_only: bool
+    loss_fn: str,
+    config: dict[str, float],
+    inputs: dict[str, list[float] | np.ndarray],
+    forward_only: bool,
 ) -> tuple[str | None, str | None, str | None]:
-    """(SDK, scheduler, trainer) verdicts on one forward_backward."""
-    arrays = {name: np.asarray(v, dtype=_dtype(name)) for name, v in inputs.items()}
+    """(SDK, scheduler, trainer) verdicts on one forward_backward; lists travel in their input's
+    dtype, arrays as they are."""
+    arrays = {
+        name: v if isinstance(v, np.ndarray) else np.asarray(v, dtype=_dtype(name))
+        for name, v in inputs.items()
+    }
     datum = types.Datum(
         types.ModelInput.from_ints([1, 2, 3, 4]),
         {name: types.TensorData.from_numpy(array) for name, array in arrays.items()},
     )
 
     def sdk() -> None:
-        loss, _ = wire.check_loss(loss_fn, config, forward_only)
-        wire.datums_to_proto([datum], loss.name)
+        loss, resolved = wire.check_loss(loss_fn, config, forward_only)
+        wire.datums_to_proto([datum], loss.name, resolved)
 
     request = common_pb2.ForwardBackwardRequest(
         loss_fn=loss_fn, loss_fn_config=config, forward_only=forward_only
@@ -124,6 +134,59 @@ def test_every_input_combination_gets_one_verdict(loss_fn: str) -> None:
             # the scheduler's door checks no datum contents; SDK and trainer check them alike
             assert scheduler is None
             assert sdk == trainer, (loss_fn, names, (sdk, trainer))
+
+
+def _rl(**extra: list[float] | np.ndarray) -> dict[str, list[float] | np.ndarray]:
+    return {**{name: INPUTS[name] for name in losses.RL_INPUTS}, **extra}
+
+
+@pytest.mark.parametrize("loss_fn", [losses.GSPO, losses.STABLE_REINFORCE])
+@pytest.mark.parametrize("name", losses.RL_INPUTS)
+def test_the_new_losses_without_a_required_input_are_refused_naming_it(
+    loss_fn: str, name: str
+) -> None:
+    inputs = {k: v for k, v in _rl().items() if k != name}
+    sdk, scheduler, trainer = verdicts(loss_fn, {}, inputs, False)
+    assert sdk == trainer == f"data[0].loss_fn_inputs.{name}" and scheduler is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (losses.CLIP_LOW, [0.5, math.nan, 0.5, 0.5]),
+        (losses.CLIP_HIGH, [1.5, 1.5, math.inf, 1.5]),
+        (losses.SEQUENCE_RATIO_MASK, [1.0, 1.0, -math.inf, 1.0]),
+        (losses.CLIP_LOW, np.array([0, 0, 0, 1], np.int64)),
+        (losses.SEQUENCE_RATIO_MASK, np.array([1, 1, 0, 0], np.int64)),
+        (losses.CLIP_HIGH, [1.5, 1.5, 1.5]),
+    ],
+    ids=["NaN low", "inf high", "-inf mask", "int64 low", "int64 mask", "short high"],
+)
+@pytest.mark.parametrize("loss_fn", [losses.PPO, losses.GSPO, losses.STABLE_REINFORCE])
+def test_a_bad_optional_input_is_refused_naming_it(
+    loss_fn: str, name: str, value: list[float] | np.ndarray
+) -> None:
+    sdk, scheduler, trainer = verdicts(loss_fn, {}, _rl(**{name: value}), False)
+    assert sdk == trainer == f"data[0].loss_fn_inputs.{name}" and scheduler is None
+
+
+@pytest.mark.parametrize(
+    "loss_fn", [losses.PPO, losses.CISPO, losses.GSPO, losses.STABLE_REINFORCE]
+)
+def test_per_token_thresholds_out_of_order_are_refused_naming_them(loss_fn: str) -> None:
+    config = {losses.CLIP_LOW: 0.5, losses.CLIP_HIGH: 1.5}
+    low_above_config = _rl(**{losses.CLIP_LOW: [0.5, 1.6, 0.5, 0.5]})
+    high_below_config = _rl(**{losses.CLIP_HIGH: [1.5, 1.5, 0.4, 1.5]})
+    crossed = _rl(**{losses.CLIP_LOW: [0.9] * 4, losses.CLIP_HIGH: [1.2, 0.8, 1.2, 1.2]})
+    for inputs, name in (
+        (low_above_config, losses.CLIP_LOW),
+        (high_below_config, losses.CLIP_HIGH),
+        (crossed, losses.CLIP_LOW),
+    ):
+        sdk, scheduler, trainer = verdicts(loss_fn, config, inputs, False)
+        assert sdk == trainer == f"data[0].loss_fn_inputs.{name}" and scheduler is None
+    # thresholds a loss does not use are accepted, whatever their order
+    assert verdicts(losses.IMPORTANCE_SAMPLING, {}, crossed, False) == (None,) * 3
 
 
 @pytest.mark.parametrize(

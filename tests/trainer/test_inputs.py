@@ -71,6 +71,35 @@ FB_CASES = {
                            "data[0].loss_fn_inputs.advantages"),
     "unknown input name": ([datum(GOOD, mask=[1.0] * 5)], "cross_entropy", {},
                            "data[0].loss_fn_inputs.mask"),
+    "missing logprobs for gspo": ([datum(GOOD, advantages=[1.0] * 5)], "gspo", {},
+                                  "data[0].loss_fn_inputs.logprobs"),
+    "missing advantages for stable_reinforce": (
+        [datum(GOOD, logprobs=[-1.0] * 5)], "stable_reinforce", {},
+        "data[0].loss_fn_inputs.advantages",
+    ),
+    "NaN per-token clip_low_threshold": (
+        [datum(GOOD, **OK_RL, clip_low_threshold=NAN)], "gspo", {},
+        "data[0].loss_fn_inputs.clip_low_threshold",
+    ),
+    "inf per-token clip_high_threshold": (
+        [datum(GOOD, **OK_RL, clip_high_threshold=INF)], "stable_reinforce", {},
+        "data[0].loss_fn_inputs.clip_high_threshold",
+    ),
+    "sequence_ratio_mask shorter than input": (
+        [datum(GOOD, **OK_RL, sequence_ratio_mask=[1.0] * 4)], "gspo", {},
+        "data[0].loss_fn_inputs.sequence_ratio_mask",
+    ),
+    "int64 sequence_ratio_mask": (
+        [_with(datum(GOOD, **OK_RL), "sequence_ratio_mask",
+               tensors.encode(np.ones(5, np.int64)))], "gspo", {},
+        "data[0].loss_fn_inputs.sequence_ratio_mask",
+    ),
+    "per-token clip low above the config's high": (
+        [datum(GOOD, **OK_RL, clip_low_threshold=[0.9, 0.9, 1.3, 0.9, 0.9])], "ppo",
+        {"clip_high_threshold": 1.2}, "data[0].loss_fn_inputs.clip_low_threshold",
+    ),
+    "unknown config key for gspo": ([datum(GOOD, **OK_RL)], "gspo", {"beta": 0.1},
+                                    "loss_fn_config.beta"),
     "unknown loss": ([datum(GOOD)], "dpo", {}, "loss_fn"),
     "unknown config key": ([datum(GOOD, **OK_RL)], "ppo", {"temperature": 1.0},
                            "loss_fn_config.temperature"),

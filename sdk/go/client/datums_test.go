@@ -103,6 +103,16 @@ func TestCheckDataRefusesWhatTheLossCannotUse(t *testing.T) {
 			[]*treadlev1.Datum{withInput("advantages", Float32Tensor([]float32{0, float32(math.Inf(1))}))},
 			"cross_entropy", "data[0].loss_fn_inputs.advantages",
 		},
+		{[]*treadlev1.Datum{good}, GSPO, "data[0].loss_fn_inputs.logprobs"},
+		{[]*treadlev1.Datum{good}, StableReinforce, "data[0].loss_fn_inputs.logprobs"},
+		{
+			[]*treadlev1.Datum{withInput("clip_low_threshold", Float32Tensor([]float32{0.8, float32(math.NaN())}))},
+			"cross_entropy", "data[0].loss_fn_inputs.clip_low_threshold",
+		},
+		{
+			[]*treadlev1.Datum{withInput("sequence_ratio_mask", Int64Tensor([]int64{1, 0}))},
+			"cross_entropy", "data[0].loss_fn_inputs.sequence_ratio_mask",
+		},
 	}
 	for i, c := range cases {
 		err := checkData(c.data, c.lossFn)

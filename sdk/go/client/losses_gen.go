@@ -9,6 +9,8 @@ const (
 	PPO                = "ppo"
 	CISPO              = "cispo"
 	DRO                = "dro"
+	GSPO               = "gspo"
+	StableReinforce    = "stable_reinforce"
 )
 
 // lossInputs are the loss_fn_inputs each loss requires.
@@ -18,12 +20,17 @@ var lossInputs = map[string][]string{
 	PPO:                {"target_tokens", "logprobs", "advantages"},
 	CISPO:              {"target_tokens", "logprobs", "advantages"},
 	DRO:                {"target_tokens", "logprobs", "advantages"},
+	GSPO:               {"target_tokens", "logprobs", "advantages"},
+	StableReinforce:    {"target_tokens", "logprobs", "advantages"},
 }
 
 // inputDTypes are the loss_fn_inputs a datum may carry, and their dtypes.
 var inputDTypes = map[string]string{
-	"target_tokens": "int64",
-	"weights":       "float32",
-	"logprobs":      "float32",
-	"advantages":    "float32",
+	"target_tokens":       "int64",
+	"weights":             "float32",
+	"logprobs":            "float32",
+	"advantages":          "float32",
+	"clip_low_threshold":  "float32",
+	"clip_high_threshold": "float32",
+	"sequence_ratio_mask": "float32",
 }

@@ -481,7 +481,9 @@ type Datum struct {
 	// Input tokens, length T.
 	ModelInput *ModelInput `protobuf:"bytes,1,opt,name=model_input,json=modelInput,proto3" json:"model_input,omitempty"`
 	// Per-token loss inputs, each of shape [T]: `target_tokens` (int64, always), and by loss:
-	// `weights` (cross_entropy), `logprobs` (sampler logprobs q) and `advantages` (RL losses).
+	// `weights` (cross_entropy), `logprobs` (sampler logprobs q) and `advantages` (RL losses);
+	// optional float32 `clip_low_threshold` / `clip_high_threshold` (per-token thresholds over
+	// the config's) and `sequence_ratio_mask` (gspo's sequence-ratio tokens, != 0).
 	LossFnInputs map[string]*Tensor `protobuf:"bytes,2,rep,name=loss_fn_inputs,json=lossFnInputs,proto3" json:"loss_fn_inputs,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
 }
 
@@ -718,9 +720,10 @@ type ForwardBackwardRequest struct {
 
 	// Examples of this op; at least one.
 	Data []*Datum `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty"`
-	// One of cross_entropy, importance_sampling, ppo, cispo, dro.
+	// One of cross_entropy, importance_sampling, ppo, cispo, dro, gspo, stable_reinforce.
 	LossFn string `protobuf:"bytes,2,opt,name=loss_fn,json=lossFn,proto3" json:"loss_fn,omitempty"`
-	// Loss configuration: clip_low_threshold, clip_high_threshold (ppo, cispo), beta (dro).
+	// Loss configuration: clip_low_threshold, clip_high_threshold (ppo, cispo, gspo,
+	// stable_reinforce), beta (dro).
 	LossFnConfig map[string]float64 `protobuf:"bytes,3,rep,name=loss_fn_config,json=lossFnConfig,proto3" json:"loss_fn_config,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"`
 	// Compute logprobs and loss only: no gradient is accumulated.
 	ForwardOnly bool `protobuf:"varint,4,opt,name=forward_only,json=forwardOnly,proto3" json:"forward_only,omitempty"`

@@ -74,7 +74,7 @@ class TrainingClient:
     ) -> common_pb2.ForwardBackwardRequest:
         loss, config = wire.check_loss(loss_fn, loss_fn_config, forward_only)
         return common_pb2.ForwardBackwardRequest(
-            data=wire.datums_to_proto(data, loss.name),
+            data=wire.datums_to_proto(data, loss.name, config),
             loss_fn=loss_fn,
             loss_fn_config=config,
             forward_only=forward_only,

@@ -9,8 +9,10 @@ context length) is left to it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from treadle import tensors
 from treadle.contract import losses, sampling
@@ -44,9 +46,12 @@ def model_input_to_proto(
     return message
 
 
-def datums_to_proto(data: Sequence[Datum], loss_fn: str | None) -> list[common_pb2.Datum]:
+def datums_to_proto(
+    data: Sequence[Datum], loss_fn: str | None, config: Mapping[str, float] | None = None
+) -> list[common_pb2.Datum]:
     """Datums as messages, each checked against the inputs of loss `loss_fn` (None: a forward's
-    cross_entropy) by the contract's rules (treadle.contract.losses)."""
+    cross_entropy) and its `config` (None: its defaults) by the contract's rules
+    (treadle.contract.losses)."""
     loss = losses.loss_for(loss_fn or "", forward_only=not loss_fn)
     if not data:
         raise bad_field("data", "at least one datum is required")
@@ -59,11 +64,13 @@ def datums_to_proto(data: Sequence[Datum], loss_fn: str | None) -> list[common_p
             model_input=model_input_to_proto(datum.model_input, f"data[{i}].model_input")
         )
         losses.check_required_inputs(f"data[{i}]", loss, datum.loss_fn_inputs)
+        arrays: dict[str, np.ndarray] = {}
         for name in sorted(datum.loss_fn_inputs):  # in the order the services check them
             path = f"data[{i}].loss_fn_inputs.{name}"
             value = datum.loss_fn_inputs[name]
-            array = losses.check_input(path, name, value.to_numpy(), length)
-            message.loss_fn_inputs[name].CopyFrom(tensors.encode(array))
+            arrays[name] = losses.check_input(path, name, value.to_numpy(), length)
+            message.loss_fn_inputs[name].CopyFrom(tensors.encode(arrays[name]))
+        losses.check_thresholds(f"data[{i}]", loss, config or {}, arrays)
         messages.append(message)
     return messages
 

@@ -6,6 +6,9 @@ op, so each adapter owns one contiguous block of rows (grouped LoRA, grouped_lor
 right-padded to the longest datum (a padding mask; every row's positions start at 0). The
 decoder runs once; head.py sweeps the real (unpadded) tokens through the unembedding in chunks,
 producing the target logprobs and the loss gradient; one backward then runs through the decoder.
+A loss whose tokens depend on their datum's other tokens (gspo's sequence ratio) gets its
+per-datum statistics from a forward-only sweep of its own rows first, so that chunks, which cut
+datums anywhere, see the same values as a whole-sequence evaluation.
 A wave becomes several passes only when it exceeds `max_pass_tokens` padded tokens or holds more
 adapters than may be resident at once (residency.py). Gradients accumulate in each adapter's
 .grad until `optim_step`. Per-op outputs and metrics come from the detached logprobs, op by op.
@@ -33,7 +36,12 @@ from treadle_trainer.grouped_lora import Group
 from treadle_trainer.head import HeadSegment, StackedHead, TokenLoss, unembed
 from treadle_trainer.inputs import DatumArrays, LossBatch
 from treadle_trainer.lora_bank import LoraBank, adapter_key
-from treadle_trainer.losses import FUNCTIONS, LossInputs, loss_metrics
+from treadle_trainer.losses import (
+    FUNCTIONS,
+    SEQUENCE_LOSSES,
+    loss_metrics,
+    with_sequence_log_ratio,
+)
 from treadle_trainer.optim import AdamConfig, AdamState
 from treadle_trainer.passes import plan_passes
 from treadle_trainer.residency import Residency, offload_store
@@ -203,11 +211,12 @@ class TrainerEngine:
         datums = [ops[op][1].datums[d] for op, rows in part for d in rows]
         rows = PaddedRows.of(datums, self.device)
         trains = {op for op, _ in part if not ops[op][1].forward_only and op not in failed}
-        groups, segments = self._layout(part, ops, adapters, datums, rows, trains)
+        groups, segments = self._layout(part, adapters, rows, trains)
         with torch.set_grad_enabled(bool(trains)), self.bank.route(groups):
             hidden = self.bank.hidden(rows.input_ids, rows.attention_mask)
         hidden_MH = rows.real_tokens(hidden.detach().reshape(rows.B * rows.T, -1))
         targets_M = rows.real_tokens(rows.targets.reshape(-1))
+        segments = self._losses(part, ops, datums, segments, trains, hidden_MH, targets_M)
         out = unembed(
             hidden_MH,
             self.bank.unembed.weight,
@@ -239,13 +248,12 @@ class TrainerEngine:
     def _layout(
         self,
         part: list[tuple[int, list[int]]],
-        ops: Sequence[tuple[str, LossBatch]],
         adapters: list[Adapter],
-        datums: list[DatumArrays],
         rows: PaddedRows,
         trains: set[int],
     ) -> tuple[list[Group], list[HeadSegment]]:
-        """Each op's block of rows: its LoRA group in the decoder and its head segment."""
+        """Each op's block of rows: its LoRA group in the decoder and its head segment (whose
+        loss `_losses` fills in)."""
         groups, segments, row, token = [], [], 0, 0
         for op, datum_indices in part:
             adapter, n = adapters[op], len(datum_indices)
@@ -257,26 +265,59 @@ class TrainerEngine:
             if head is not None:  # (A, Bᵀ) in the compute dtype, Bᵀ contiguous for the sweep
                 a, b = (t.detach().to(self.bank.dtype) for t in head)
                 lora = (a, b.t().contiguous(), adapter.scale)
-            loss = None
-            if op in trains:
-                loss = self._token_loss(ops[op][1], datums[row : row + n])
-            segments.append(HeadSegment(token, count, lora, loss))
+            segments.append(HeadSegment(token, count, lora, None))
             row, token = row + n, token + count
         return groups, segments
 
-    def _token_loss(self, batch: LossBatch, datums: list[DatumArrays]) -> TokenLoss:
-        """Per-token losses of `datums` (concatenated) as a function of their logprobs."""
+    def _losses(
+        self,
+        part: list[tuple[int, list[int]]],
+        ops: Sequence[tuple[str, LossBatch]],
+        datums: list[DatumArrays],
+        segments: list[HeadSegment],
+        trains: set[int],
+        hidden_MH: torch.Tensor,
+        targets_M: torch.Tensor,
+    ) -> list[HeadSegment]:
+        """`segments` with the loss of each training op.
+
+        A loss whose token values depend on their datum's other tokens (gspo's sequence ratio)
+        cannot take them from the sweep, which meets a datum chunk by chunk: its segment's
+        logprobs are computed first by a forward-only sweep of its own rows (one more logits
+        product per token of such an op), and its per-datum statistics from them.
+        """
+        with_loss, row = [], 0
+        for (op, datum_indices), segment in zip(part, segments, strict=True):
+            batch, own = ops[op][1], datums[row : row + len(datum_indices)]
+            row += len(datum_indices)
+            if op not in trains:
+                with_loss.append(segment)
+                continue
+            logprobs = None
+            if batch.loss_fn in SEQUENCE_LOSSES:
+                logprobs = unembed(
+                    hidden_MH.narrow(0, segment.start, segment.count),
+                    self.bank.unembed.weight,
+                    targets_M.narrow(0, segment.start, segment.count),
+                    [replace(segment, start=0)],
+                    self.head_chunk_rows,
+                    self.stacked_head,
+                ).logprobs
+            with_loss.append(replace(segment, loss=self._token_loss(batch, own, logprobs)))
+        return with_loss
+
+    def _token_loss(
+        self, batch: LossBatch, datums: list[DatumArrays], logprobs: torch.Tensor | None
+    ) -> TokenLoss:
+        """Per-token losses of `datums` (concatenated) as a function of their logprobs;
+        `logprobs`, the datums' whole logprobs, give a sequence loss its per-datum statistics."""
         x = flat_loss_inputs(datums, self.device)
+        if logprobs is not None:
+            x = with_sequence_log_ratio(x, logprobs[None])
         fn, config = FUNCTIONS[batch.loss_fn], batch.config
 
         def token_loss(lp_n: torch.Tensor, offset: int, n: int) -> torch.Tensor:
-            part = LossInputs(
-                x.mask_NT.narrow(1, offset, n),
-                x.weights_NT.narrow(1, offset, n),
-                x.advantages_NT.narrow(1, offset, n),
-                x.sampler_logprobs_NT.narrow(1, offset, n),
-            )
-            return fn(lp_n[None], part, config).loss_NT[0]
+            return fn(lp_n[None], x.narrow(offset, n), config).loss_NT[0]
 
         return token_loss
 

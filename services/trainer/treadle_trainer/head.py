@@ -3,7 +3,8 @@
 With a 49152-token vocabulary the unembedding dominates a small model's pass, and autograd would
 hold three [tokens, vocab] float32 tensors (logits, log-softmax, their gradient): hundreds of MB
 per wave, allocated and page-faulted anew on every pass. Every Treadle loss is a sum of per-token
-functions of the target logprob lp, so dL/dlp of a token is known as soon as its lp is. Each
+functions of the target logprob lp, so dL/dlp of a token is known as soon as its lp is (gspo's
+terms also read their datum's detached sequence ratio, which the engine computes before). Each
 chunk of rows therefore computes, and then drops, its logits; a chunk may hold the rows of
 several segments (one segment = one op = one adapter), each with its own LoRA term and loss:
 

@@ -33,6 +33,9 @@ class DatumArrays:
     weights: np.ndarray | None  # float32 [T]
     logprobs: np.ndarray | None  # float32 [T], the sampler's q
     advantages: np.ndarray | None  # float32 [T]
+    clip_low: np.ndarray | None = None  # float32 [T], per-token clip_low_threshold
+    clip_high: np.ndarray | None = None  # float32 [T], per-token clip_high_threshold
+    ratio_mask: np.ndarray | None = None  # float32 [T], sequence_ratio_mask (gspo's M: != 0)
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,19 @@ def parse_forward_backward(
     if not request.data:
         raise bad_field("data", "at least one datum is required")
     datums = [
-        _parse_datum(datum, f"data[{i}]", loss, vocab_size, max_seq_len)
+        _parse_datum(datum, f"data[{i}]", loss, config, vocab_size, max_seq_len)
         for i, datum in enumerate(request.data)
     ]
     return LossBatch(loss.name, config, request.forward_only, datums)
 
 
 def _parse_datum(
-    datum: common_pb2.Datum, field: str, loss: losses.Loss, vocab_size: int, max_seq_len: int
+    datum: common_pb2.Datum,
+    field: str,
+    loss: losses.Loss,
+    config: dict[str, float],
+    vocab_size: int,
+    max_seq_len: int,
 ) -> DatumArrays:
     where = f"{field}.model_input"
     tokens = _model_tokens(datum.model_input, where)
@@ -84,6 +92,7 @@ def _parse_datum(
         except ValueError as exc:
             raise bad_field(path, str(exc).removeprefix(f"{path}: ")) from None
         inputs[name] = losses.check_input(path, name, array, len(tokens))
+    losses.check_thresholds(field, loss, config, inputs)
     check_tokens(
         f"{field}.loss_fn_inputs.{losses.TARGET_TOKENS}", inputs["target_tokens"], vocab_size
     )
@@ -93,6 +102,9 @@ def _parse_datum(
         weights=inputs.get(losses.WEIGHTS),
         logprobs=inputs.get(losses.LOGPROBS),
         advantages=inputs.get(losses.ADVANTAGES),
+        clip_low=inputs.get(losses.CLIP_LOW),
+        clip_high=inputs.get(losses.CLIP_HIGH),
+        ratio_mask=inputs.get(losses.SEQUENCE_RATIO_MASK),
     )
 
 

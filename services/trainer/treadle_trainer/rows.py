@@ -67,37 +67,56 @@ class PaddedRows:
         return real.new_zeros((self.B * self.T, *real.shape[1:])).index_copy_(0, self.real, real)
 
 
+def _column(datums: list[DatumArrays], name: str, default: float) -> list[np.ndarray]:
+    """Datum input `name` of each datum, float32 [T_i]; `default` where a datum has none."""
+    return [
+        np.full(len(d.tokens), default, np.float32)
+        if getattr(d, name) is None
+        else getattr(d, name)
+        for d in datums
+    ]
+
+
+# DatumArrays field, LossInputs field and the value of a datum that does not carry it (NaN:
+# an optional input whose absence the loss itself resolves; see LossInputs)
+_COLUMNS = (
+    ("weights", "weights_NT", 1.0),
+    ("advantages", "advantages_NT", 0.0),
+    ("logprobs", "sampler_logprobs_NT", 0.0),
+    ("clip_low", "clip_low_NT", np.nan),
+    ("clip_high", "clip_high_NT", np.nan),
+    ("ratio_mask", "ratio_mask_NT", np.nan),
+)
+
+
 def flat_loss_inputs(datums: list[DatumArrays], device: torch.device) -> LossInputs:
     """Per-token loss inputs of datums laid end to end, shape [1, Σ T_i]."""
-    mask = np.ones(sum(len(d.tokens) for d in datums), np.float32)
-
-    def cat(name: str, default: float) -> torch.Tensor:
-        parts = [
-            np.full(len(d.tokens), default, np.float32)
-            if getattr(d, name) is None
-            else getattr(d, name)
-            for d in datums
-        ]
-        return torch.from_numpy(np.concatenate(parts).astype(np.float32))[None].to(device)
-
+    lengths = [len(d.tokens) for d in datums]
+    columns = {
+        field: torch.from_numpy(np.concatenate(_column(datums, name, default)))[None].to(device)
+        for name, field, default in _COLUMNS
+    }
+    sequence = np.repeat(np.arange(len(datums)), lengths)
     return LossInputs(
-        torch.from_numpy(mask)[None].to(device),
-        cat("weights", 1.0),
-        cat("advantages", 0.0),
-        cat("logprobs", 0.0),
+        mask_NT=torch.ones((1, sum(lengths)), device=device),
+        sequence_NT=torch.from_numpy(sequence)[None].to(device),
+        **columns,
     )
 
 
 def loss_inputs(datums: list[DatumArrays], T: int, device: torch.device) -> LossInputs:
-    """Per-token loss inputs of datums right-padded to [N, T] (weights default to 1)."""
+    """Per-token loss inputs of datums right-padded to [N, T] (zeros on padding)."""
     N = len(datums)
-    mask, weights, advantages, q = (torch.zeros((N, T)) for _ in range(4))
+    mask = torch.zeros((N, T))
+    columns = {field: torch.zeros((N, T)) for _, field, _ in _COLUMNS}
     for n, d in enumerate(datums):
         t = len(d.tokens)
         mask[n, :t] = 1.0
-        weights[n, :t] = 1.0 if d.weights is None else torch.tensor(d.weights)
-        if d.advantages is not None:
-            advantages[n, :t] = torch.tensor(d.advantages)
-        if d.logprobs is not None:
-            q[n, :t] = torch.tensor(d.logprobs)
-    return LossInputs(mask.to(device), weights.to(device), advantages.to(device), q.to(device))
+        for name, field, default in _COLUMNS:
+            columns[field][n, :t] = torch.tensor(_column([d], name, default)[0])
+    sequence = torch.arange(N)[:, None].expand(N, T).contiguous()
+    return LossInputs(
+        mask_NT=mask.to(device),
+        sequence_NT=sequence.to(device),
+        **{field: column.to(device) for field, column in columns.items()},
+    )
