@@ -38,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  api key    {mesh.api_key}\n"
         f"  logs       {mesh.data_dir / 'logs'}\n"
         f"  export TREADLE_BASE_URL={mesh.endpoint} TREADLE_API_KEY={mesh.api_key}\n"
-        "Ctrl-C stops everything.",
+        + (
+            f"  tokenizers for clients: export HF_HOME={config.hub_cache} HF_HUB_OFFLINE=1\n"
+            if config.hub_cache
+            else ""
+        )
+        + "Ctrl-C stops everything.",
         flush=True,
     )
     status = 0
