@@ -215,9 +215,15 @@ def _write_dataset_here(
     )
     info.write_to_directory(str(partial))
     for older in target.parent.glob("*"):  # the newest folder wins a read; keep only this one
-        shutil.rmtree(older, ignore_errors=True)
+        if older != target:
+            shutil.rmtree(older, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / "dataset_info.json").is_file():  # not a writer that got there first
+            raise
     return target
 
 
