@@ -1,5 +1,5 @@
 # Treadle: `make demo` runs the flagship job on a local mesh; `make test` runs every test;
-# `make unit` the fast ones (no mesh, Go or deploy tools).
+# `make unit` the fast ones (no mesh, Go, deploy tools or client virtualenvs).
 # All three set up what they need first (Debian packages, the pinned .venv, editable packages).
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -30,9 +30,10 @@ typecheck: setup
 test: setup lint typecheck
 	$(VENV)/bin/pytest -q tests
 
-# the tests that need no service processes, Go or deploy tools: the loop while developing
+# the tests that need no service processes, Go, deploy tools or client virtualenvs (the tinker
+# SDKs and tinker-cookbook, tests/fixtures/client_venvs.py): the loop while developing
 unit: setup
-	$(VENV)/bin/pytest -q -m "not mesh and not e2e and not go and not deploy" tests
+	$(VENV)/bin/pytest -q -m "not mesh and not e2e and not go and not deploy and not clients" tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

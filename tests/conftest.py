@@ -3,9 +3,11 @@
 Tests are also marked here by what they need, so that `make unit` can leave out the slow ones
 (markers registered in pyproject.toml): `mesh` for a test that uses processes (the session mesh,
 a mesh of its own, SeaweedFS, a service, a model conversion), `e2e` for tests/e2e, `deploy` for
-tests/deploy and `go` for the tests that build Go code. Marking by fixture and folder keeps a new
-test in the right set without anyone remembering to mark it; a test that starts processes in its
-own body, out of sight of these rules, carries an explicit `pytest.mark.mesh`.
+tests/deploy, `go` for the tests that build Go code, and `clients` for a test that runs an
+official tinker SDK or tinker-cookbook in a client virtualenv (built on first use: minutes).
+Marking by fixture and folder keeps a new test in the right set without anyone remembering to
+mark it; a test that starts processes in its own body, out of sight of these rules, carries an
+explicit `pytest.mark.mesh`.
 """
 
 import os
@@ -16,12 +18,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from fixtures.client_venvs import cookbook_venv, tinker_sdk
 from fixtures.grpc_server import free_port, running_server
 from fixtures.mesh import mesh
 from fixtures.s3 import s3_server
 from fixtures.scheduler import make_scheduler
 
-__all__ = ["free_port", "make_scheduler", "mesh", "running_server", "s3_server"]
+__all__ = [
+    "cookbook_venv",
+    "free_port",
+    "make_scheduler",
+    "mesh",
+    "running_server",
+    "s3_server",
+    "tinker_sdk",
+]
 
 TESTS = Path(__file__).parent
 # fixtures that start service processes, directly or through the fixtures they use
@@ -29,6 +40,9 @@ PROCESS_FIXTURES = {"mesh", "make_scheduler", "s3_server"}
 # helpers that start service processes, called from a test's body or from one of its fixtures
 PROCESS_HELPERS = {"extra_mesh", "LocalMesh", "start_s3_server", "service_process"}
 FOLDER_MARKERS = {"e2e": "e2e", "deploy": "deploy"}
+# fixtures and helpers that build or use a client virtualenv
+CLIENT_VENV_FIXTURES = {"tinker_sdk", "cookbook_venv"}
+CLIENT_VENV_HELPERS = {"client_venv", "tinker_python", "cookbook_python"}
 
 
 def _markers_of(item: pytest.Item) -> set[str]:
@@ -39,8 +53,11 @@ def _markers_of(item: pytest.Item) -> set[str]:
         markers.add(FOLDER_MARKERS[parts[0]])
     if item.path.name.startswith("test_go_"):
         markers.add("go")
-    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or PROCESS_HELPERS & _called(item):
+    fixtures, called = set(getattr(item, "fixturenames", ())), _called(item)
+    if PROCESS_FIXTURES & fixtures or PROCESS_HELPERS & called:
         markers.add("mesh")
+    if CLIENT_VENV_FIXTURES & fixtures or CLIENT_VENV_HELPERS & called:
+        markers.add("clients")
     return markers
 
 

@@ -49,4 +49,4 @@ def test_an_unknown_name_on_a_cold_cache_fails_naming_it(
 
 def test_no_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert "usage: python -m treadle_models.prepare NAME..." in capsys.readouterr().err
+    assert "usage: python -m treadle_models.prepare MODEL..." in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Base models by name: the tiny Llama, Qwen2 and Qwen3 configs build the same frozen weights in
 every process, report what capabilities need (vocabulary, length limit, architecture, ranks),
-load in float32 or bfloat16, and unknown names are refused with the names that exist. Two
-processes converting SmolLM2 at once on an empty cache both get the same complete folder."""
+load in float32 or bfloat16, and unknown names are refused with the names that exist. A model
+served as NAME=SOURCE is called NAME and has SOURCE's weights and tokenizer. Two processes
+converting SmolLM2 at once on an empty cache both get the same complete folder."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from treadle_models import UnknownModelError, load_model, model_spec
+from treadle_models import UnknownModelError, load_model, load_tokenizer, model_spec
 from treadle_models.cache import MARKER, is_complete
 from treadle_models.lora import SUPPORTED_RANKS
+from treadle_models.sources import SMOLLM2, prepare_model, tokenizer_folder
 
 FAMILIES = {
     "treadle/tiny-llama": "LlamaForCausalLM",
@@ -47,6 +49,39 @@ def test_a_model_loads_in_bfloat16_for_the_gpu_setting():
 def test_an_unknown_name_is_refused_with_the_known_ones():
     with pytest.raises(UnknownModelError, match="treadle/tiny-qwen3"):
         model_spec("nobody/no-such-model")
+
+
+def test_a_model_served_under_another_name_has_its_sources_weights_and_tokenizer() -> None:
+    renamed = "meta-llama/Llama-3.2-1B=treadle/tiny-llama"
+    spec, source = model_spec(renamed), model_spec("treadle/tiny-llama")
+    assert spec.name == "meta-llama/Llama-3.2-1B"
+    assert (spec.vocab_size, spec.max_seq_len, spec.architecture, spec.tokenizer_id) == (
+        source.vocab_size, source.max_seq_len, source.architecture, SMOLLM2,
+    )  # fmt: skip
+    model, original = load_model(renamed), load_model("treadle/tiny-llama")
+    assert model.config.name_or_path == "meta-llama/Llama-3.2-1B"
+    theirs = dict(original.named_parameters())
+    assert all(torch.equal(p, theirs[k]) for k, p in model.named_parameters())
+    assert tokenizer_folder(renamed) == tokenizer_folder(SMOLLM2)
+    text = "Hello, world"
+    assert load_tokenizer(renamed).encode(text) == load_tokenizer(SMOLLM2).encode(text)
+
+
+def test_a_local_folder_serves_under_another_name(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    load_model("treadle/tiny-qwen2").save_pretrained(folder)
+    spec = model_spec(f"org/renamed={folder}")
+    assert (spec.name, spec.architecture, spec.tokenizer_id) == (
+        "org/renamed", "Qwen2ForCausalLM", str(folder),
+    )  # fmt: skip
+    prepare_model(f"org/renamed={folder}")  # nothing to build: no error
+
+
+def test_an_unknown_source_under_another_name_is_refused_naming_the_source() -> None:
+    with pytest.raises(UnknownModelError, match=r"^base_model 'nobody/none' is not served here"):
+        model_spec("meta-llama/Llama-3.2-1B=nobody/none")
+    with pytest.raises(ValueError, match=r"^base_model: 'treadle/tiny-llama' is a built-in"):
+        load_model("treadle/tiny-llama=treadle/tiny-qwen3")
 
 
 # waits on stdin once torch is imported, so that both processes reach the cache together

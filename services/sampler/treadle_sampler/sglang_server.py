@@ -32,30 +32,33 @@ log = logging.getLogger(__name__)
 
 
 def model_folder(base_model: str) -> Path:
-    """A Hugging Face folder of `base_model` that SGLang can load."""
+    """A Hugging Face folder of `base_model`'s source ("NAME=SOURCE" or "SOURCE") that SGLang
+    can load."""
     from treadle_models import cache
     from treadle_models.sources import (
         SMOLLM2,
         TINY_CONFIGS,
         load_model,
         load_tokenizer,
+        resolve,
         smollm2_dir,
     )
 
-    if base_model == SMOLLM2:
+    source = resolve(base_model).source
+    if source == SMOLLM2:
         return smollm2_dir()
-    if base_model not in TINY_CONFIGS:
-        return Path(base_model)
+    if source not in TINY_CONFIGS:
+        return Path(source)
 
     def build(folder: Path) -> None:
-        load_model(base_model).save_pretrained(folder)
+        load_model(source).save_pretrained(folder)
         try:
-            load_tokenizer(base_model).save_pretrained(folder)
+            load_tokenizer(source).save_pretrained(folder)
         except (OSError, ValueError) as exc:
             log.warning("tiny model saved without a tokenizer", extra={"reason": str(exc)})
 
     # several samplers of one model may start at once: cached_folder builds it once
-    return cache.cached_folder(cache.model_folder(base_model.replace("/", "--")), build)
+    return cache.cached_folder(cache.model_folder(source.replace("/", "--")), build)
 
 
 def launch_command(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from treadle_models.devices import DEVICES
+from treadle_models.served import served_model
 from treadle_runtime.server import ServerConfig
 
 DTYPES = ("auto", "float32", "bfloat16")  # base weights are trained in these
@@ -19,7 +20,8 @@ class TrainerConfig(ServerConfig):
     """Treadle trainer: one frozen base model, many tenants' LoRA adapters, trained in waves."""
 
     base_model: str = field(
-        default="treadle/tiny-llama", metadata={"help": "base model served (name or HF folder)"}
+        default="treadle/tiny-llama",
+        metadata={"help": "base model served: SOURCE or NAME=SOURCE (a built-in or an HF folder)"},
     )
     device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu or cuda"})
     dtype: str = field(
@@ -71,6 +73,7 @@ class TrainerConfig(ServerConfig):
     def validate(self) -> None:
         """Refuse values the trainer cannot run with."""
         super().validate()
+        served_model(self.base_model)
         if self.device not in DEVICES:
             raise ValueError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:

@@ -3,13 +3,19 @@
 - chat_sft_train.jsonl / chat_sft_test.jsonl: short chats in one consistent, terse answer style
   (arithmetic, capitals, word puzzles; some multi-turn, some with a system prompt);
 - tasks/arithmetic.jsonl: integer arithmetic questions graded by the number in the answer;
-- tasks/multiple_choice.jsonl: a small general-knowledge multiple-choice set graded by letter.
+- tasks/multiple_choice.jsonl: a small general-knowledge multiple-choice set graded by letter;
+- hub/no_robots_train.jsonl, hub/gsm8k_main_train.jsonl: rows shaped like the Hugging Face
+  datasets tinker-cookbook's sl_loop and rl_loop load (`HuggingFaceH4/no_robots`: prompt,
+  prompt_id, messages, category; `openai/gsm8k` config main: question, and an answer whose last
+  line is `#### N`), for running those recipes offline (treadle_models.hub_cache writes them into
+  an HF_HOME).
 
     python -m treadle_cookbook.data.generate
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -161,6 +167,81 @@ def arithmetic_tasks(count: int, seed: int) -> list[dict[str, str]]:
     return tasks
 
 
+NO_ROBOTS_CATEGORIES: dict[Callable[[random.Random], tuple[str, str]], str] = {
+    _arithmetic: "Closed QA",
+    _capital: "Open QA",
+    _word: "Rewrite",
+}
+
+
+def no_robots_rows(count: int, seed: int) -> list[dict[str, object]]:
+    """`count` single-turn chats in no_robots' columns, a quarter with a system prompt; the
+    category follows the first question's kind, prompt_id is the prompt's SHA-256 as there."""
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    for _ in range(count):
+        skill = rng.choice(SKILLS)
+        question, answer = skill(rng)
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if rng.random() < 0.25:
+            messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        rows.append(
+            {
+                "prompt": question,
+                "prompt_id": hashlib.sha256(question.encode()).hexdigest(),
+                "messages": messages,
+                "category": NO_ROBOTS_CATEGORIES[skill],
+            }
+        )
+    return rows
+
+
+NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas"]
+ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "shells", "stamps"]
+
+
+def _word_problem(rng: random.Random) -> tuple[str, str]:
+    """A word problem of one or two steps and its worked answer (GSM8K's <<a+b=c>> notes)."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(3, 20), rng.randint(2, 12)
+    kind = rng.randrange(3)
+    if kind == 0:
+        c = rng.randint(1, a + b - 1)
+        total, left = a + b, a + b - c
+        question = (
+            f"{name} has {a} {item}, gets {b} more, then gives {c} away. "
+            f"How many {item} does {name} have now?"
+        )
+        steps = [
+            f"After getting more, {name} has {a} + {b} = <<{a}+{b}={total}>>{total} {item}.",
+            f"After giving some away, {name} has {total} - {c} = <<{total}-{c}={left}>>{left}.",
+        ]
+        return question, "\n".join([*steps, f"#### {left}"])
+    if kind == 1:
+        each, total = b, a * b
+        question = f"{name} buys {a} bags with {each} {item} in each. How many {item} is that?"
+        steps = [f"{name} has {a} * {each} = <<{a}*{each}={total}>>{total} {item}."]
+        return question, "\n".join([*steps, f"#### {total}"])
+    groups = rng.randint(2, 6)
+    total, share = groups * a, a
+    question = (
+        f"{name} shares {total} {item} equally among {groups} friends. "
+        f"How many {item} does each friend get?"
+    )
+    steps = [f"Each friend gets {total} / {groups} = <<{total}/{groups}={share}>>{share} {item}."]
+    return question, "\n".join([*steps, f"#### {share}"])
+
+
+def gsm8k_rows(count: int, seed: int) -> list[dict[str, str]]:
+    """`count` word problems in GSM8K's columns: question, and answer ending `#### N`."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        question, answer = _word_problem(rng)
+        rows.append({"question": question, "answer": answer})
+    return rows
+
+
 MULTIPLE_CHOICE = [
     ("Which planet is closest to the Sun?", ["Venus", "Mercury", "Mars", "Earth"], "B"),
     ("How many legs does a spider have?", ["Six", "Ten", "Eight", "Four"], "C"),
@@ -236,6 +317,8 @@ def generated_files() -> dict[str, list[dict]]:
         "chat_sft_test.jsonl": chat_conversations(40, seed=2),
         "tasks/arithmetic.jsonl": arithmetic_tasks(100, seed=3),
         "tasks/multiple_choice.jsonl": multiple_choice_tasks(),
+        "hub/no_robots_train.jsonl": no_robots_rows(48, seed=4),
+        "hub/gsm8k_main_train.jsonl": gsm8k_rows(48, seed=5),
     }
 
 
