@@ -4,12 +4,13 @@ virtualenv (it imports nothing of Treadle's). Prints one JSON object of what it 
 
     python replay.py BASE_URL API_KEY BASE_MODEL
 
-sl_loop: a LoRA client; each step forward_backward (cross_entropy) and optim_step submitted
-together, then both awaited; the per-datum logprobs read. rl_loop: each step the weights saved
-and sampled (save_weights_and_get_sampling_client), samples with logprobs and a stop sequence,
-rewards centred per group, and an importance_sampling (then ppo) forward_backward on them. Then:
-state and sampler checkpoints saved by name, a forward, compute_logprobs, and a new client from
-the state checkpoint with its optimizer, which trains on.
+sl_loop: a LoRA client and its tokenizer (get_tokenizer(), offline); each step forward_backward
+(cross_entropy) and optim_step submitted together, then both awaited; the per-datum logprobs
+read. rl_loop: each step the weights saved and sampled (save_weights_and_get_sampling_client),
+samples with logprobs and a stop sequence, rewards centred per group, and an importance_sampling
+(then ppo) forward_backward on them. Then: state and sampler checkpoints saved by name, a
+forward, compute_logprobs, and a new client from the state checkpoint with its optimizer,
+which trains on.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     service = tinker.ServiceClient(base_url=base_url, api_key=api_key)
     training = ready(service.create_lora_training_client(base_model=base_model, rank=8))
     report["model_id"] = training.model_id
+    tokenizer = training.get_tokenizer()  # offline: get_info names the tokenizer's local folder
+    report["tokenizer_ids"] = tokenizer.encode("Hello, world", add_special_tokens=False)
 
     # sl_loop
     adam = types.AdamParams(learning_rate=5e-3, beta1=0.9, beta2=0.95, eps=1e-8)
@@ -100,16 +103,16 @@ def main() -> None:
     # checkpoints, forward, compute_logprobs, resume
     report["state_path"] = training.save_state("replay-state").result().path
     report["sampler_path"] = training.save_weights_for_sampler("replay-sampler").result().path
-    report["forward_loss"] = training.forward([sl_datum()], "cross_entropy").result().metrics[
-        "loss:sum"
-    ]
+    report["forward_loss"] = (
+        training.forward([sl_datum()], "cross_entropy").result().metrics["loss:sum"]
+    )
     final = ready(service.create_sampling_client(model_path=report["sampler_path"]))
     report["final_logprobs"] = final.compute_logprobs(types.ModelInput.from_ints(TOKENS)).result()
     resumed = ready(service.create_training_client_from_state_with_optimizer(report["state_path"]))
     report["resumed_model_id"] = resumed.model_id
-    report["resumed_loss"] = resumed.forward([sl_datum()], "cross_entropy").result().metrics[
-        "loss:sum"
-    ]
+    report["resumed_loss"] = (
+        resumed.forward([sl_datum()], "cross_entropy").result().metrics["loss:sum"]
+    )
     resumed.forward_backward([sl_datum()], "cross_entropy").result()
     report["resumed_step"] = resumed.optim_step(adam).result().metrics
     close = getattr(service, "close", None)

@@ -12,6 +12,7 @@ import pytest
 import treadle
 from treadle import types, wire
 from treadle.errors import ValidationError
+from treadle.paths import same_weights
 
 
 def datum(length: int = 4, **inputs: object) -> types.Datum:
@@ -104,3 +105,18 @@ def test_keepalive_the_scheduler_would_refuse_is_caught_before_connecting(
     with pytest.raises(treadle.ValidationError, match=f"^{field}: must be"):
         treadle.ServiceClient(base_url="127.0.0.1:9", api_key="tml-any", **settings)
     assert time.monotonic() - started < 1  # refused at once, nothing was dialled
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("treadle://run/sampler_weights/s", "tinker://run/sampler_weights/s", True),
+        ("tinker://run/sampler_weights/s", "tinker://run/sampler_weights/s", True),
+        ("treadle://run/sampler_weights/s", "treadle://run/weights/s", False),
+        ("treadle://run/sampler_weights/s", "treadle://other/sampler_weights/s", False),
+        ("treadle/tiny-llama", "treadle/tiny-llama", True),
+        ("treadle/tiny-llama", "tinker://run/sampler_weights/s", False),
+    ],
+)
+def test_weights_are_the_same_in_either_scheme(a: str, b: str, same: bool) -> None:
+    assert same_weights(a, b) is same

@@ -45,3 +45,14 @@ def parse_path(path: str) -> CheckpointPath:
         if not valid_name(value):
             raise ValueError(f"path {path!r}: {label} {value!r} is not a valid name")
     return CheckpointPath(run_id=run_id, kind=KINDS[folder], name=name)
+
+
+def same_weights(a: str, b: str) -> bool:
+    """Whether `a` and `b` name the same weights: a checkpoint path in either scheme, or a
+    base model's name."""
+    if a == b:
+        return True
+    try:
+        return parse_path(a) == parse_path(b)
+    except ValueError:
+        return False

@@ -13,6 +13,7 @@ from treadle import wire
 from treadle.contract import sampling
 from treadle.errors import RequestFailedError, ValidationError
 from treadle.futures import APIFuture
+from treadle.paths import same_weights
 from treadle.types import ModelInput, SampleResponse, SamplingParams
 from treadle.v1 import common_pb2, scheduler_pb2
 
@@ -36,7 +37,7 @@ class SamplingClient:
         return self.model_path or self.base_model
 
     def _check_version(self, version: str) -> str:
-        if version and version != self.weights_version:
+        if version and not same_weights(version, self.weights_version):
             raise RequestFailedError(
                 "INTERNAL",
                 f"sampled {version!r}, but this client is bound to {self.weights_version!r}",

@@ -106,6 +106,8 @@ class ModelSpec:
     architecture: str
     tokenizer_id: str
     supported_ranks: tuple[int, ...] = SUPPORTED_RANKS
+    # the folder of its tokenizer files on this machine (built or not: prepare_model builds it)
+    tokenizer_path: str = ""
 
 
 def _smollm2_package_dir() -> Path:
@@ -192,6 +194,7 @@ def model_spec(base_model: str) -> ModelSpec:
         )[0],
         # where this server's tokenizer comes from: what treadle's get_tokenizer loads
         tokenizer_id=SMOLLM2 if served.source in TINY_CONFIGS else served.source,
+        tokenizer_path=str(_tokenizer_path(served.source)),
     )
 
 
@@ -216,6 +219,15 @@ def load_model(
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def _tokenizer_path(source: str) -> Path:
+    """Where the tokenizer of `source` lives, without building it."""
+    return (
+        model_folder(SMOLLM2_FOLDER)
+        if source in (*TINY_CONFIGS, SMOLLM2)
+        else Path(source).resolve()
+    )
 
 
 def tokenizer_folder(base_model: str) -> Path:

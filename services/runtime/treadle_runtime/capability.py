@@ -27,6 +27,8 @@ class ServedModel(Protocol):
     def architecture(self) -> str: ...
     @property
     def tokenizer_id(self) -> str: ...
+    @property
+    def tokenizer_path(self) -> str: ...
 
 
 def model_capability(
@@ -40,5 +42,6 @@ def model_capability(
         supported_ranks=list(model.supported_ranks),
         architecture=model.architecture,
         tokenizer_id=model.tokenizer_id,
+        tokenizer_path=model.tokenizer_path,
         loss_fns=list(loss_fns),
     )

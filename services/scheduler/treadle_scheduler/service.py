@@ -263,6 +263,7 @@ class TreadleService(CheckpointAdmin, scheduler_pb2_grpc.TreadleServicer):
             lora_config=model.lora_config,
             architecture=spec.architecture if spec else "",
             tokenizer_id=spec.tokenizer_id if spec else "",
+            tokenizer_path=spec.tokenizer_path if spec else "",
             step=model.step,
             is_lora=True,
         )

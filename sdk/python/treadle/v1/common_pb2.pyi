@@ -301,7 +301,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., category: _Optional[_Union[ErrorCategory, str]] = ...) -> None: ...
 
 class ModelCapability(_message.Message):
-    __slots__ = ("name", "vocab_size", "max_seq_len", "supported_ranks", "architecture", "tokenizer_id", "loss_fns")
+    __slots__ = ("name", "vocab_size", "max_seq_len", "supported_ranks", "architecture", "tokenizer_id", "loss_fns", "tokenizer_path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +309,7 @@ class ModelCapability(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_ID_FIELD_NUMBER: _ClassVar[int]
     LOSS_FNS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     vocab_size: int
     max_seq_len: int
@@ -316,7 +317,8 @@ class ModelCapability(_message.Message):
     architecture: str
     tokenizer_id: str
     loss_fns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., supported_ranks: _Optional[_Iterable[int]] = ..., architecture: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., loss_fns: _Optional[_Iterable[str]] = ...) -> None: ...
+    tokenizer_path: str
+    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., supported_ranks: _Optional[_Iterable[int]] = ..., architecture: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., loss_fns: _Optional[_Iterable[str]] = ..., tokenizer_path: _Optional[str] = ...) -> None: ...
 
 class SaveCheckpointRequest(_message.Message):
     __slots__ = ("name", "kind", "ttl_seconds", "overwrite", "renderer_name", "ephemeral")

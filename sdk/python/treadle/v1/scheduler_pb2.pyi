@@ -192,7 +192,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "base_model", "lora_config", "architecture", "tokenizer_id", "step", "is_lora")
+    __slots__ = ("model_id", "base_model", "lora_config", "architecture", "tokenizer_id", "step", "is_lora", "tokenizer_path")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     LORA_CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class ModelInfo(_message.Message):
     TOKENIZER_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     IS_LORA_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_PATH_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     base_model: str
     lora_config: _common_pb2.LoraConfig
@@ -207,4 +208,5 @@ class ModelInfo(_message.Message):
     tokenizer_id: str
     step: int
     is_lora: bool
-    def __init__(self, model_id: _Optional[str] = ..., base_model: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., architecture: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., step: _Optional[int] = ..., is_lora: _Optional[bool] = ...) -> None: ...
+    tokenizer_path: str
+    def __init__(self, model_id: _Optional[str] = ..., base_model: _Optional[str] = ..., lora_config: _Optional[_Union[_common_pb2.LoraConfig, _Mapping]] = ..., architecture: _Optional[str] = ..., tokenizer_id: _Optional[str] = ..., step: _Optional[int] = ..., is_lora: _Optional[bool] = ..., tokenizer_path: _Optional[str] = ...) -> None: ...

@@ -11,6 +11,7 @@ with the gateway's reason, so the model's later requests are not held waiting fo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -169,19 +170,27 @@ async def get_info(body: ModelRef, request: Request) -> dict[str, Any]:
     gateway, key = gateway_of(request), api_key(request)
     await gateway.sessions.of_model(body.model_id, key)
     info = await gateway.call("GetInfo", scheduler_pb2.GetInfoRequest(model_id=body.model_id), key)
-    tokenizer = info.tokenizer_id
     return {
         "model_id": info.model_id,
         "model_data": {
             "arch": info.architecture,
             "model_name": info.base_model,
-            "tokenizer_id": tokenizer,
+            "tokenizer_id": _tokenizer_id(gateway, info),
         },
         "is_lora": True,
         "lora_rank": info.lora_config.rank,
         "model_name": info.base_model,
         "type": "get_info",
     }
+
+
+def _tokenizer_id(gateway: Gateway, info: scheduler_pb2.ModelInfo) -> str:
+    """The served tokenizer's folder where this machine has it (get_tokenizer() then loads it
+    offline), else its Hugging Face id."""
+    if gateway.config.local_tokenizers and info.tokenizer_path:
+        if Path(info.tokenizer_path, "tokenizer_config.json").is_file():
+            return info.tokenizer_path
+    return info.tokenizer_id
 
 
 @router.post("/forward_backward", openapi_extra=FB_BODY)
