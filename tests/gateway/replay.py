@@ -100,16 +100,16 @@ def main() -> None:
     # checkpoints, forward, compute_logprobs, resume
     report["state_path"] = training.save_state("replay-state").result().path
     report["sampler_path"] = training.save_weights_for_sampler("replay-sampler").result().path
-    report["forward_loss"] = training.forward([sl_datum()], "cross_entropy").result().metrics[
-        "loss:sum"
-    ]
+    report["forward_loss"] = (
+        training.forward([sl_datum()], "cross_entropy").result().metrics["loss:sum"]
+    )
     final = ready(service.create_sampling_client(model_path=report["sampler_path"]))
     report["final_logprobs"] = final.compute_logprobs(types.ModelInput.from_ints(TOKENS)).result()
     resumed = ready(service.create_training_client_from_state_with_optimizer(report["state_path"]))
     report["resumed_model_id"] = resumed.model_id
-    report["resumed_loss"] = resumed.forward([sl_datum()], "cross_entropy").result().metrics[
-        "loss:sum"
-    ]
+    report["resumed_loss"] = (
+        resumed.forward([sl_datum()], "cross_entropy").result().metrics["loss:sum"]
+    )
     resumed.forward_backward([sl_datum()], "cross_entropy").result()
     report["resumed_step"] = resumed.optim_step(adam).result().metrics
     close = getattr(service, "close", None)
