@@ -2,7 +2,7 @@
 
 Each service's `config` map in the chart's values becomes `TREADLE_<SERVICE>_<FIELD>` variables,
 so values.schema.json lists exactly the dataclass fields (with their types and help) minus the
-ones the chart sets itself (ports, peer addresses, credentials). This script rewrites those four
+ones the chart sets itself (ports, peer addresses, credentials). This script rewrites those five
 definitions in deploy/helm/treadle/values.schema.json; `--check` only reports a difference.
 
     .venv/bin/python scripts/chart_schema.py [--check]
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from treadle_checkpoints.config import CheckpointsConfig
+from treadle_gateway.config import GatewayConfig
 from treadle_sampler.config import SamplerConfig
 from treadle_scheduler.config import SchedulerConfig
 from treadle_trainer.config import TrainerConfig
@@ -34,6 +35,7 @@ CONFIGS: dict[str, tuple[type, set[str]]] = {
         SchedulerConfig,
         SERVER_FIELDS | {"trainers", "samplers", "checkpoints", "api_keys", "api_keys_file"},
     ),
+    "gatewayConfig": (GatewayConfig, SERVER_FIELDS | {"scheduler"}),
     "trainerConfig": (TrainerConfig, SERVER_FIELDS | {"base_model", "checkpoints", "offload_dir"}),
     "samplerConfig": (SamplerConfig, SERVER_FIELDS | SAMPLER_SET_BY_CHART),
     "checkpointsConfig": (
@@ -70,7 +72,7 @@ def config_schema(cls: type, managed: set[str]) -> dict[str, Any]:
 
 
 def updated(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with its four config definitions regenerated."""
+    """`schema` with its config definitions regenerated."""
     definitions = dict(schema.get("definitions", {}))
     for name, (cls, managed) in CONFIGS.items():
         definitions[name] = config_schema(cls, managed)

@@ -237,6 +237,9 @@ CYCLES = [
 ]
 
 HITS = rate("treadle_sampler_adapter_cache_hits_total", "instance")
+GATEWAY_REQUESTS = "treadle_gateway_requests_total"
+GATEWAY_LATENCY = "treadle_gateway_request_duration_seconds"
+LONG_POLL = "retrieve_future includes its long-poll wait (up to long_poll_seconds)."
 MISSES = rate("treadle_sampler_adapter_cache_misses_total", "instance")
 
 SERVICES = [
@@ -423,6 +426,58 @@ SERVICES = [
                 ],
                 unit="ops",
                 description="Failed S3 calls by operation and kind; no data until the first error.",
+            ),
+        ],
+    ),
+    Row(
+        "Gateway",
+        [
+            Panel(
+                "Requests by route",
+                [(rate(GATEWAY_REQUESTS, "route"), "{{route}}")],
+                unit="reqps",
+                description="HTTP requests the tinker SDK's gateway answered, by route template.",
+            ),
+            Panel(
+                "Latency by route (p50)",
+                [(quantile(0.5, GATEWAY_LATENCY, "route"), "{{route}}")],
+                unit="s",
+                description=LONG_POLL,
+            ),
+            Panel(
+                "Latency by route (p99)",
+                [(quantile(0.99, GATEWAY_LATENCY, "route"), "{{route}}")],
+                unit="s",
+                description=LONG_POLL,
+            ),
+            Panel(
+                "Errors by route",
+                [
+                    (
+                        rate(GATEWAY_REQUESTS, "route, status", 'status=~"4.."'),
+                        "{{status}} {{route}}",
+                    ),
+                    (
+                        rate(GATEWAY_REQUESTS, "route, status", 'status=~"5.."'),
+                        "{{status}} {{route}}",
+                    ),
+                ],
+                unit="reqps",
+                description=(
+                    "4xx: requests refused (bad input, unknown ids, keys); 5xx: the gateway or "
+                    "the scheduler behind it failed. No data until the first error."
+                ),
+            ),
+            Panel(
+                "Sessions and futures held",
+                [
+                    ("sum by (instance) (treadle_gateway_sessions)", "sessions {{instance}}"),
+                    ("sum by (instance) (treadle_gateway_futures)", "futures {{instance}}"),
+                ],
+                description=(
+                    "Per gateway pod: Tinker sessions it holds (each a scheduler session stream) "
+                    "and futures running or finished and not yet dropped."
+                ),
             ),
         ],
     ),

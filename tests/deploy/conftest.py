@@ -1,23 +1,31 @@
 """Helpers of the deployment tests: paths, the rendered chart, and a real Prometheus server.
 
-`Prometheus` runs Debian's /usr/bin/prometheus on a free loopback port with a generated scrape
-config (1 s scrape and rule evaluation intervals) and answers PromQL through its HTTP API.
+`chart` loads the Helm chart once per module; `render` gives the manifests it renders for some
+values, `validate` checks one offline against the Kubernetes schemas (or, for the Prometheus
+Operator's CRDs, the small schemas in tests/deploy/schemas/). `Prometheus` runs Debian's
+/usr/bin/prometheus on a free loopback port with a generated scrape config (1 s scrape and rule
+evaluation intervals) and answers PromQL through its HTTP API.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
+import pytest
 import yaml
+from helm_python.chart import Chart
 
 from fixtures.grpc_server import free_port
 
@@ -26,6 +34,48 @@ CHART = REPO / "deploy" / "helm" / "treadle"
 GRAFANA = REPO / "deploy" / "grafana"
 DOCKER = REPO / "deploy" / "docker"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+KUBERNETES = "1.30.0"
+SCHEMAS = Path(__file__).parent / "schemas"
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule-monitoring-v1.json",
+}
+logging.getLogger("helm_python").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Chart]:
+    """The chart of deploy/helm/treadle, loaded once per test module."""
+    loaded = Chart.load(CHART)
+    yield loaded
+    loaded.close()
+
+
+def render(chart: Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every manifest the chart renders for `values` (NOTES.txt left out)."""
+    files = chart.render(values, name="ml", namespace="training", is_install=True)
+    return [
+        doc
+        for path, text in sorted(files.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The manifests of one kind."""
+    return [d for d in docs if d["kind"] == kind]
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Validate a manifest offline (strict: unknown fields fail); jsonschema.ValidationError
+    if it is invalid."""
+    crd = CRDS.get((doc["apiVersion"], doc["kind"]))
+    if crd is not None:
+        jsonschema.validate(doc, json.loads(crd.read_text()))
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:

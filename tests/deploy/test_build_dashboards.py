@@ -80,11 +80,11 @@ def test_cycles_dashboard_has_the_operator_views() -> None:
     assert variable["name"] == "base_model" and variable["allValue"] == ".*"
 
 
-def test_services_dashboard_has_a_row_per_internal_service() -> None:
+def test_services_dashboard_has_a_row_per_service_behind_the_scheduler() -> None:
     model = load("treadle-services.json")
     assert model["title"] == "Treadle / Services"
     rows = [p["title"] for p in model["panels"] if p["type"] == "row"]
-    assert rows == ["Trainer", "Sampler", "Checkpoints"]
+    assert rows == ["Trainer", "Sampler", "Checkpoints", "Gateway"]
     exprs = " ".join(t["expr"] for p in model["panels"] for t in p.get("targets", []))
     for metric in (
         "treadle_trainer_tokens_total",
@@ -93,5 +93,24 @@ def test_services_dashboard_has_a_row_per_internal_service() -> None:
         "treadle_sampler_adapter_cache_hits_total",
         "treadle_checkpoints_bytes_written_total",
         "treadle_checkpoints_expired_total",
+        "treadle_gateway_requests_total",
+        "treadle_gateway_request_duration_seconds_bucket",
+        "treadle_gateway_sessions",
+        "treadle_gateway_futures",
     ):
         assert metric in exprs
+
+
+def test_gateway_row_shows_rate_latency_errors_and_what_it_holds() -> None:
+    model = load("treadle-services.json")
+    panels = {p["title"]: p for p in model["panels"]}
+    by_route = panels["Requests by route"]["targets"]
+    assert [t["legendFormat"] for t in by_route] == ["{{route}}"]
+    assert "sum by (route)" in by_route[0]["expr"]
+    for q, title in (("0.5", "Latency by route (p50)"), ("0.99", "Latency by route (p99)")):
+        (target,) = panels[title]["targets"]
+        assert target["expr"].startswith(f"histogram_quantile({q}, sum by (le, route)")
+    errors = " ".join(t["expr"] for t in panels["Errors by route"]["targets"])
+    assert 'status=~"4.."' in errors and 'status=~"5.."' in errors
+    held = " ".join(t["expr"] for t in panels["Sessions and futures held"]["targets"])
+    assert "treadle_gateway_sessions" in held and "treadle_gateway_futures" in held

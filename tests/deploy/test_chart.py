@@ -1,5 +1,6 @@
-"""The Helm chart: strict lint, rendering with three values sets, and every rendered manifest
-validated offline against the Kubernetes 1.30 schemas (strict: unknown fields fail).
+"""The Helm chart: strict lint, rendering with the default values and every ci/ values file, and
+every rendered manifest validated offline against the Kubernetes 1.30 schemas (strict: unknown
+fields fail).
 
 ServiceMonitor and PrometheusRule are Prometheus Operator CRDs, absent from the core schemas:
 they are validated against the small schemas in tests/deploy/schemas/ instead.
@@ -8,75 +9,44 @@ they are validated against the small schemas in tests/deploy/schemas/ instead.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmRenderError
 
 from treadle_checkpoints.config import CheckpointsConfig
+from treadle_gateway.config import GatewayConfig
 from treadle_runtime.config import load_config
 from treadle_sampler.config import SamplerConfig
 from treadle_scheduler.config import SchedulerConfig
 from treadle_trainer.config import TrainerConfig
 
-from .conftest import CHART, GRAFANA
+from .conftest import CHART, GRAFANA, KUBERNETES, of_kind, render, validate
 
-KUBERNETES = "1.30.0"
 COMPONENT = "app.kubernetes.io/component"
-SCHEMAS = Path(__file__).parent / "schemas"
-CRDS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor-monitoring-v1.json",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule-monitoring-v1.json",
-}
 VALUES = {
     "default": {},
-    "external-s3": yaml.safe_load((CHART / "ci" / "external-s3-values.yaml").read_text()),
-    "two-models-monitoring": yaml.safe_load(
-        (CHART / "ci" / "two-models-monitoring-values.yaml").read_text()
-    ),
+    **{
+        path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
+        for path in sorted((CHART / "ci").glob("*-values.yaml"))
+    },
 }
 CONFIGS = {
     "scheduler": SchedulerConfig,
+    "gateway": GatewayConfig,
     "trainer": TrainerConfig,
     "sampler": SamplerConfig,
     "checkpoints": CheckpointsConfig,
 }
-logging.getLogger("helm_python").setLevel(logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[Chart]:
-    loaded = Chart.load(CHART)
-    yield loaded
-    loaded.close()
-
-
-def render(chart: Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every manifest the chart renders for `values` (NOTES.txt left out)."""
-    files = chart.render(values, name="ml", namespace="training", is_install=True)
-    return [
-        doc
-        for path, text in sorted(files.items())
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
 
 
 @pytest.fixture(scope="module")
 def rendered(chart: Chart) -> dict[str, list[dict[str, Any]]]:
     return {name: render(chart, values) for name, values in VALUES.items()}
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -99,6 +69,13 @@ def treadle_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[s
                 yield image.split(":")[0].removeprefix("treadle-"), container
 
 
+def loaded_config(service: str, container: dict[str, Any]) -> Any:
+    """A container's service config, loaded from its environment and flags by the service's
+    own config code."""
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return load_config(CONFIGS[service], container.get("args", []), env, service=service)
+
+
 @pytest.mark.parametrize("name", VALUES)
 def test_lint_is_clean_in_strict_mode(name: str) -> None:
     report = lint(CHART, VALUES[name], strict=True, kube_version=f"v{KUBERNETES}")
@@ -114,12 +91,8 @@ def test_every_manifest_is_valid_kubernetes(
     assert len(docs) >= 15
     for doc in docs:
         where = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
-        crd = CRDS.get((doc["apiVersion"], doc["kind"]))
         try:
-            if crd is not None:
-                jsonschema.validate(doc, json.loads(crd.read_text()))
-            else:
-                kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+            validate(doc)
         except jsonschema.ValidationError as exc:
             pytest.fail(f"{where}: {'.'.join(map(str, exc.path))}: {exc.message}")
 
@@ -131,6 +104,7 @@ def test_one_trainer_and_sampler_deployment_per_base_model(
     names = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")}
     assert names == {
         "ml-treadle-scheduler",
+        "ml-treadle-gateway",
         "ml-treadle-checkpoints",
         "ml-treadle-trainer-qwen3-8b",
         "ml-treadle-trainer-llama-3-1-8b",
@@ -160,8 +134,7 @@ def test_rendered_environment_is_accepted_by_each_service(
     """The chart's TREADLE_* variables load and validate with the services' own config code."""
     seen = set()
     for service, container in treadle_containers(rendered[name]):
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        config = load_config(CONFIGS[service], [], env, service=service)
+        config = loaded_config(service, container)
         assert (config.host, config.port, config.metrics_port) == ("0.0.0.0", config.port, 9400)
         seen.add(service)
     assert seen == set(CONFIGS)
@@ -170,10 +143,7 @@ def test_rendered_environment_is_accepted_by_each_service(
 def test_config_values_reach_the_services(rendered: dict[str, list[dict[str, Any]]]) -> None:
     configs: dict[str, list[Any]] = {}
     for service, container in treadle_containers(rendered["two-models-monitoring"]):
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        configs.setdefault(service, []).append(
-            load_config(CONFIGS[service], [], env, service=service)
-        )
+        configs.setdefault(service, []).append(loaded_config(service, container))
     (scheduler,) = configs["scheduler"]
     assert scheduler.max_request_tokens == 16777216 and scheduler.min_cycle_seconds == 0.25
     assert scheduler.addresses("trainers") == [
@@ -192,12 +162,12 @@ def test_config_values_reach_the_services(rendered: dict[str, list[dict[str, Any
 
 
 @pytest.mark.parametrize("name", VALUES)
-def test_only_the_scheduler_is_reachable_from_outside(
+def test_only_the_scheduler_and_the_gateway_are_reachable_from_outside(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
     docs = rendered[name]
     for service in of_kind(docs, "Service"):
-        if service["metadata"]["name"] != "ml-treadle-scheduler":
+        if service["metadata"]["name"] not in ("ml-treadle-scheduler", "ml-treadle-gateway"):
             assert service["spec"]["type"] == "ClusterIP", service["metadata"]["name"]
     policies = of_kind(docs, "NetworkPolicy")
     deny = next(p for p in policies if p["metadata"]["name"].endswith("default-deny"))
@@ -215,6 +185,8 @@ def test_only_the_scheduler_is_reachable_from_outside(
             open_to_all = "from" not in rule
             if component.get(COMPONENT) == "scheduler":
                 assert ports == {"grpc"}
+            elif component.get(COMPONENT) == "gateway":
+                assert ports == {"http"}
             else:
                 assert not open_to_all, policy["metadata"]["name"]
                 peers = {
@@ -229,7 +201,11 @@ def test_only_the_scheduler_is_reachable_from_outside(
 def test_probes_use_the_grpc_health_service(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
+    """Every gRPC service is probed by the gRPC health protocol (the gateway, HTTP, by its
+    healthz route: test_chart_gateway.py)."""
     for service, container in treadle_containers(rendered[name]):
+        if service == "gateway":
+            continue
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": port}, (service, probe)
@@ -275,6 +251,7 @@ def test_monitoring_objects_follow_their_switches(
     }
     assert jobs == {
         "treadle-scheduler",
+        "treadle-gateway",
         "treadle-trainer",
         "treadle-sampler",
         "treadle-checkpoints",

@@ -13,7 +13,7 @@ import yaml
 
 from .conftest import CHART, DOCKER, REPO
 
-SERVICES = ("scheduler", "trainer", "sampler", "checkpoints")
+SERVICES = ("scheduler", "gateway", "trainer", "sampler", "checkpoints")
 PACKAGE_DIRS = {
     "treadle-sdk": "sdk/python",
     "treadle-runtime": "services/runtime",
@@ -100,8 +100,10 @@ def test_final_stage_runs_as_a_numeric_non_root_user(service: str) -> None:
     keywords = [kw for kw, _ in final.instructions]
     assert keywords.index("USER") > keywords.index("COPY")
     assert final.all("ENTRYPOINT") == [f'["treadle-{service}"]']
-    assert final.all("HEALTHCHECK"), "a health check for plain docker runs"
-    assert f"TREADLE_{service.upper()}_PORT" in final.all("HEALTHCHECK")[0]
+    (health,) = final.all("HEALTHCHECK")  # for plain docker runs
+    assert f"TREADLE_{service.upper()}_PORT" in health
+    # the gateway speaks HTTP (the chart probes the same route); the others gRPC health
+    assert ("/api/v1/healthz" if service == "gateway" else "grpc_health") in health
 
 
 def test_copies_only_the_packages_the_service_needs(service: str) -> None:

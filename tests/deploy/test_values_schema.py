@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,13 +20,6 @@ chart_schema = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(chart_schema)
 
 
-@pytest.fixture(scope="module")
-def chart() -> Iterator[Chart]:
-    loaded = Chart.load(CHART)
-    yield loaded
-    loaded.close()
-
-
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -39,6 +31,17 @@ def chart() -> Iterator[Chart]:
             "at '/trainer/config/max_pass_tokens': got string, want integer",
         ),
         ({"sampler": {"engine": "vllm"}}, "at '/sampler/engine'"),
+        ({"gateway": {"replicas": -1}}, "at '/gateway/replicas': minimum: got -1, want 1"),
+        (
+            {"gateway": {"config": {"long_poll_seconds": "20s"}}},
+            "at '/gateway/config/long_poll_seconds': got string, want number",
+        ),
+        (
+            {"gateway": {"service": {"sessionAffinity": "Cookie"}}},
+            "at '/gateway/service/sessionAffinity': value must be one of",
+        ),
+        ({"gateway": {"ingress": {"path": "api"}}}, "at '/gateway/ingress/path'"),
+        ({"networkPolicy": {"dnsTo": []}}, "at '/networkPolicy/dnsTo': minItems"),
     ],
 )
 def test_wrong_type_is_refused_naming_the_key(
@@ -65,6 +68,18 @@ def test_wrong_type_is_refused_naming_the_key(
         (
             {"baseModels": [{"name": "a", "model": "b", "gpus": 2}]},
             "at '/baseModels/0': additional properties 'gpus' not allowed",
+        ),
+        (
+            {"gateway": {"config": {"long_poll": 20}}},
+            "at '/gateway/config': additional properties 'long_poll' not allowed",
+        ),
+        (
+            {"gateway": {"config": {"scheduler": "elsewhere:8470"}}},
+            "at '/gateway/config': additional properties 'scheduler' not allowed",
+        ),
+        (
+            {"gateway": {"ingress": {"hosts": ["tinker.example.com"]}}},
+            "at '/gateway/ingress': additional properties 'hosts' not allowed",
         ),
     ],
 )
@@ -95,3 +110,7 @@ def test_config_schemas_match_the_services_config_fields() -> None:
     assert trainer["max_resident_adapters"]["type"] == "integer"
     assert trainer["peak_flops"]["type"] == "number"
     assert "base_model" not in trainer  # the chart sets it from baseModels
+    gateway = schema["definitions"]["gatewayConfig"]["properties"]
+    assert gateway["long_poll_seconds"]["type"] == "number"
+    assert gateway["session_polling"]["type"] == "boolean"
+    assert not {"host", "port", "metrics_port", "scheduler"} & set(gateway)  # the chart's own

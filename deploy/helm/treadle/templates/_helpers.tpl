@@ -216,3 +216,14 @@ spec:
       {{- include "treadle.selectorLabels" . | nindent 6 }}
 {{- end }}
 {{- end -}}
+
+{{- define "treadle.schedulerAddress" -}}
+{{ include "treadle.componentName" (dict "root" . "component" "scheduler") }}:{{ .Values.scheduler.port }}
+{{- end -}}
+
+{{/* The gateway's URL through its Ingress: what clients export as TINKER_BASE_URL. */}}
+{{- define "treadle.gatewayIngressURL" -}}
+{{- $in := .Values.gateway.ingress -}}
+{{- $host := required "gateway.ingress.host: set the host clients reach the gateway at" $in.host -}}
+{{- printf "%s://%s%s" (ternary "https" "http" (not (empty $in.tls))) $host (trimSuffix "/" $in.path) -}}
+{{- end -}}
