@@ -248,3 +248,24 @@ def test_closing_a_session_releases_its_models_at_once(make_scheduler: Scheduler
             info = scheduler_pb2.GetInfoRequest(model_id=model_id)
             owner.connection.unary("GetInfo", info).result(timeout=30)
         assert gone.value.code == "NOT_FOUND"
+
+
+def test_closing_the_client_releases_its_session_and_models(
+    make_scheduler: SchedulerFactory,
+) -> None:
+    with make_scheduler(session_idle_seconds=300) as address:
+        with client(address) as owner:
+            model_id = owner.create_lora_training_client(TINY, rank=4).model_id
+            session_id = owner.session_id
+        with client(address) as other:  # the same tenant, a new session
+            with pytest.raises(treadle.RequestFailedError) as gone:
+                info = scheduler_pb2.GetInfoRequest(model_id=model_id)
+                other.connection.unary("GetInfo", info).result(timeout=30)
+        assert gone.value.code == "NOT_FOUND"
+        stream = RawStream(address)
+        stream.send(
+            scheduler_pb2.ClientMessage(open=scheduler_pb2.OpenSession(session_id=session_id))
+        )
+        refused = stream.receive()
+        stream.close()
+        assert not (isinstance(refused, scheduler_pb2.ServerMessage) and refused.opened.resumed)

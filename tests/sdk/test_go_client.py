@@ -150,7 +150,7 @@ def test_client_against_the_mesh(go_tree: tuple[Path, dict[str, str]], mesh: Loc
     tested = go((cwd, env), "test", "-count=1", "-v", "-run", "Mesh", "treadle/sdk/go/client")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     passed = re.findall(r"^--- PASS: (TestMesh\w+)", tested.stdout, re.M)
-    assert len(passed) == 4 and "SKIP" not in tested.stdout, tested.stdout
+    assert len(passed) == 5 and "SKIP" not in tested.stdout, tested.stdout
 
 
 def test_example_trains_pipelined_then_samples(example: Path, mesh: LocalMesh) -> None:

@@ -130,3 +130,21 @@ func TestMeshClosedSessionFailsRequestsWithErrClosed(t *testing.T) {
 		t.Fatalf("a request after Close: %v", err)
 	}
 }
+
+func TestMeshClosingASessionReleasesItsModels(t *testing.T) {
+	c, session, ctx := meshSession(t)
+	model, err := session.CreateModel(ctx, meshModel, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &treadlev1.GetInfoRequest{ModelId: model.ID}
+	if _, err := c.API().GetInfo(ctx, info); err != nil {
+		t.Fatalf("get_info while the session is open: %v", err)
+	}
+	session.Close()
+	_, err = c.API().GetInfo(ctx, info)
+	var failure *RequestError
+	if !errors.As(errorFromStatus(err), &failure) || failure.Code != codes.NotFound {
+		t.Fatalf("get_info after Close: %v", err)
+	}
+}

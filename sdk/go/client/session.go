@@ -174,15 +174,34 @@ func (s *Session) Err() error {
 	return s.err
 }
 
-// Close ends the stream; requests still pending fail with ErrClosed. The scheduler releases
-// the session's training models after its idle timeout.
+// closeWait bounds how long Close waits for the scheduler to end a released session.
+const closeWait = 5 * time.Second
+
+// Close ends the session: requests still pending fail with ErrClosed, and the scheduler
+// releases the session and its training models now (a session whose stream is lost at that
+// moment is released after the scheduler's idle timeout).
 func (s *Session) Close() error {
 	s.closeOnce.Do(func() {
 		s.fail(ErrClosed)
+		s.sendMu.Lock()
+		released := false
+		if s.stream != nil {
+			closing := &treadlev1.ClientMessage{
+				Kind: &treadlev1.ClientMessage_Close{Close: &treadlev1.CloseSession{}},
+			}
+			released = s.stream.Send(closing) == nil
+			s.stream.CloseSend()
+		}
+		s.sendMu.Unlock()
+		if released { // the scheduler ends the stream once the session is gone
+			select {
+			case <-s.done:
+			case <-time.After(closeWait):
+			}
+		}
 		s.end()
 		s.sendMu.Lock()
 		if s.stream != nil {
-			s.stream.CloseSend()
 			s.cancelStream()
 		}
 		s.sendMu.Unlock()

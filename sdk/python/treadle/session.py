@@ -167,8 +167,8 @@ class Connection:
         stream.submit(submit).add_done_callback(deliver)
 
     async def _stop(self) -> None:
-        if self.stream is not None:
-            await self.stream.close(_closed_error())
+        if self.stream is not None:  # the scheduler releases the session and its models now
+            await self.stream.close(_closed_error(), release=True)
         if hasattr(self, "_channel"):
             await self._channel.close(None)
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
