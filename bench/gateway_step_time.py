@@ -5,7 +5,9 @@ optim_step submitted together, then awaited), once through the official tinker S
 its own client venv, HTTP to the gateway) and once through the Treadle SDK (gRPC to the
 scheduler), on the same mesh, in alternating rounds so that both see the same machine. Target:
 the tinker SDK's ms/step <= 1.15x the Treadle SDK's. Also the submit-to-result latency of a
-small forward (1 x 16 tokens) both ways: what HTTP, the gateway and the SDK's polling add.
+small forward (1 x 16 tokens) both ways: what HTTP, the gateway and the SDK's polling add. And
+the same step as plain HTTP calls to the gateway (no SDK): how much of the difference is the
+gateway's and how much the official SDK's own work in the client.
 
     PYTHONPATH=tests .venv/bin/python bench/gateway_step_time.py [--rounds 3 --steps 10]
 """
@@ -33,8 +35,9 @@ TINKER = "0.38.0"
 TINKER_LOOP = Path(__file__).with_name("tinker_loop.py")
 
 
-def tinker_ms(python: Path, base_url: str, key: str, steps: int) -> tuple[float, float]:
-    """(ms/step through the official SDK and the gateway, median ms of the small forward)."""
+def tinker_ms(python: Path, base_url: str, key: str, steps: int) -> tuple[float, float, float]:
+    """(ms/step through the official SDK and the gateway, median ms of the small forward,
+    ms/step of plain HTTP requests to the gateway)."""
     rows = tokens(4, 64).tolist()
     args = json.dumps([base_url, key, TINY, steps, rows, SMALL_INPUT, SMALL_TARGETS])
     done = subprocess.run(
@@ -42,8 +45,8 @@ def tinker_ms(python: Path, base_url: str, key: str, steps: int) -> tuple[float,
     )
     if done.returncode != 0:
         raise RuntimeError(f"tinker loop failed:\n{done.stderr[-4000:]}")
-    step, latency = json.loads(done.stdout.strip().splitlines()[-1])
-    return float(step), float(latency)
+    step, latency, plain = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(step), float(latency), float(plain)
 
 
 def main() -> None:
@@ -57,20 +60,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     python = tinker_python(TINKER)
     grpc: list[tuple[float, float]] = []
-    http: list[tuple[float, float]] = []
+    http: list[tuple[float, float, float]] = []
     with local_mesh(TINY, 1, args.threads, gateway=True) as (mesh, keys):
         for round_ in range(args.rounds):
             grpc.append(sdk_ms(mesh.endpoint, keys[0], args.steps, 4, 64))
             http.append(tinker_ms(python, mesh.gateway_url, keys[0], args.steps))
-            print(f"round {round_}: treadle {grpc[-1][0]:.1f} ms, tinker {http[-1][0]:.1f} ms")
+            print(
+                f"round {round_}: treadle {grpc[-1][0]:.1f} ms, tinker {http[-1][0]:.1f} ms, "
+                f"plain HTTP {http[-1][2]:.1f} ms"
+            )
     step_grpc = statistics.median(s for s, _ in grpc)
-    step_http = statistics.median(s for s, _ in http)
+    step_http = statistics.median(s for s, _, _ in http)
+    step_plain = statistics.median(p for _, _, p in http)
     small_grpc = statistics.median(latency for _, latency in grpc)
-    small_http = statistics.median(latency for _, latency in http)
+    small_http = statistics.median(latency for _, latency, _ in http)
     print("\nTraining step, tiny-llama rank 8, 4 x 64 tokens (median over rounds of ms/step)")
     print(f"  Treadle SDK over gRPC           {step_grpc:8.1f}")
     ratio = step_http / step_grpc
     print(f"  tinker {TINKER} over the gateway {step_http:8.1f}   ({ratio:.2f}x; target <= 1.15x)")
+    plain_ratio = step_plain / step_grpc
+    print(f"  plain HTTP to the gateway       {step_plain:8.1f}   ({plain_ratio:.2f}x)")
     print("\nSmall forward (1 x 16 tokens), submit to result (median ms)")
     print(f"  Treadle SDK over gRPC           {small_grpc:8.1f}")
     print(
@@ -83,6 +92,8 @@ def main() -> None:
             "treadle_ms": step_grpc,
             "tinker_ms": step_http,
             "ratio": ratio,
+            "plain_http_ms": step_plain,
+            "plain_http_ratio": plain_ratio,
             "treadle_small_forward_ms": small_grpc,
             "tinker_small_forward_ms": small_http,
             "rounds": {"treadle": grpc, "tinker": http},
