@@ -30,7 +30,7 @@ def dpo_loss(data, logprobs):  # type: ignore[no-untyped-def]
 
     margin = BETA * (logprobs[0].sum() - logprobs[1].sum())
     loss = -torch.nn.functional.logsigmoid(margin)
-    return loss, {"margin:mean": float(margin)}
+    return loss, {"margin:mean": float(margin.detach())}
 
 
 def test_custom_dpo_equals_built_in_with_derived_weights(mesh: LocalMesh) -> None:
