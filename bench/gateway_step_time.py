@@ -18,17 +18,14 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from local_mesh import local_mesh, write_results
 from sdk_step_time import SMALL_INPUT, SMALL_TARGETS, TINY, sdk_ms, tokens
 
-from treadle_runtime.launcher import UpConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures.client_venvs import tinker_python
+from treadle_runtime.launcher import UpConfig
 
 TINKER = "0.38.0"
 
