@@ -62,6 +62,10 @@ class UpConfig:
     api_keys: str = field(default="", metadata={"help": "more keys, as KEY=tenant,KEY2=tenant2"})
     trainers: int = field(default=1, metadata={"help": "trainer processes"})
     samplers: int = field(default=1, metadata={"help": "sampler processes"})
+    sampler_engine: str = field(
+        default="vllm",
+        metadata={"help": "samplers' engine: vllm, or torch where vLLM cannot be installed"},
+    )
     torch_threads: int = field(
         default=0,
         metadata={
@@ -99,6 +103,9 @@ class UpConfig:
             raise ValueError("trainers, samplers: at least one of each")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
+        if self.sampler_engine not in ("vllm", "torch"):
+            message = f"{self.sampler_engine!r} is not one of vllm, torch (sglang needs a GPU)"
+            raise ValueError(f"sampler_engine: {message}")
         if self.prepare_timeout <= 0:
             raise ValueError(f"prepare_timeout: must be > 0, got {self.prepare_timeout}")
 
@@ -343,7 +350,11 @@ class LocalMesh:
                 for i in range(config.trainers)
             ]
             workers += [
-                self._spawn(f"sampler-{tag}{i}", "treadle_sampler", {**flags, **threads["sampler"]})
+                self._spawn(
+                    f"sampler-{tag}{i}",
+                    "treadle_sampler",
+                    {**flags, "engine": config.sampler_engine, **threads["sampler"]},
+                )
                 for i in range(config.samplers)
             ]
         self._await(workers, deadline)
