@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+import safetensors.torch
 import torch
 
 from sampler.conftest import Adapter, make_adapter, reference_logprobs, run
@@ -190,16 +191,31 @@ def test_the_end_of_sequence_token_stops_and_is_kept(engine: VLLMEngine) -> None
     assert eos in engine.eos_token_ids
 
 
+def narrowed(adapter: Adapter) -> bytes:
+    """The adapter's weights with every lora_A cut to half its input width (another model's)."""
+    tensors = safetensors.torch.load(adapter.files["adapter_model.safetensors"])
+    for name, tensor in tensors.items():
+        if "lora_A" in name:
+            tensors[name] = tensor[:, : tensor.shape[1] // 2].contiguous()
+    return safetensors.torch.save(tensors)
+
+
 def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
     engine: VLLMEngine, adapter_a: Adapter, adapter_root: Path, tmp_path: Path
 ) -> None:
     config = json.loads(adapter_a.files["adapter_config.json"])
     wrong_rank = {**adapter_a.files, "adapter_config.json": json.dumps({**config, "r": 3}).encode()}
+    wrong_width = {**adapter_a.files, "adapter_model.safetensors": narrowed(adapter_a)}
+    not_weights = {**adapter_a.files, "adapter_model.safetensors": b"not safetensors"}
     too_big = make_adapter(21, LoraSpec(rank=128, train_unembed=False), adapter_root)  # > 64
 
     async def scenario() -> list[float]:
-        with pytest.raises(ValueError, match="not an adapter of this base model"):
-            await engine.load_adapter("x", write_peft_folder(wrong_rank, tmp_path / "wrong"))
+        with pytest.raises(ValueError, match=r"declares rank \[3\] but .* rank \[8\]"):
+            await engine.load_adapter("x", write_peft_folder(wrong_rank, tmp_path / "rank"))
+        with pytest.raises(ValueError, match=r"lora_A.weight: width 64, the base model's is 128"):
+            await engine.load_adapter("x", write_peft_folder(wrong_width, tmp_path / "width"))
+        with pytest.raises(ValueError, match="not a LoRA adapter folder: adapter_model"):
+            await engine.load_adapter("x", write_peft_folder(not_weights, tmp_path / "junk"))
         with pytest.raises(ValueError, match=r"rank 128 is above .* vllm_max_lora_rank 64"):
             await engine.load_adapter("y", too_big.folder)
         with pytest.raises(KeyError):

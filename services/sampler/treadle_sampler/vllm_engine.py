@@ -34,6 +34,7 @@ How Treadle's contract maps onto vLLM:
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import itertools
 import json
@@ -60,16 +61,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SEED_RANGE = 1 << 63
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+VLLM_MEDIA_MODULE = "vllm.multimodal.media.audio"
 
 # Defaults for vLLM's own settings, unless the environment already sets them: the engine core is
 # started by spawn (never fork a process that runs gRPC threads), threads are left to OMP/torch
-# (the launcher sizes them), nothing is reported home, and vLLM logs only what matters.
+# (the launcher sizes them), nothing is reported home, and vLLM logs its errors only.
 VLLM_ENV = {
     "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_LOGGING_LEVEL": "ERROR",
 }
 
 
@@ -127,6 +129,7 @@ class VLLMEngine:
         self.args = args
         self.has_tokenizer = not args.get("skip_tokenizer_init", False)
         self.eos_token_ids = eos_token_ids(folder)
+        self._base_shapes = base_shapes(folder)
         self.restarts = 0
         self._loras: dict[str, Any] = {}  # adapter key -> its LoRARequest
         self._ids = itertools.count(1)
@@ -154,6 +157,13 @@ class VLLMEngine:
             )
         for key, value in VLLM_ENV.items():
             os.environ.setdefault(key, value)
+        # vLLM keeps the error of an optional import that fails (torchcodec), and with it the
+        # frames that were importing: imported within the engine's start, those frames would hold
+        # the AsyncLLM past close(), until its __del__ fails at interpreter exit. A thread of its
+        # own leaves nothing there.
+        loader = threading.Thread(target=importlib.import_module, args=(VLLM_MEDIA_MODULE,))
+        loader.start()
+        loader.join()
         device = pick_device(config.device)
         if device.type == "cpu":
             os.environ.setdefault(
@@ -228,7 +238,7 @@ class VLLMEngine:
         """Register the adapter in `folder` with vLLM; ValueError if vLLM cannot load it."""
         from vllm.lora.request import LoRARequest
 
-        rank = _adapter_rank(folder)
+        rank = adapter_rank(folder, self._base_shapes)
         if rank > self.args["max_lora_rank"]:
             raise ValueError(
                 f"its rank {rank} is above this sampler's vllm_max_lora_rank "
@@ -259,6 +269,9 @@ class VLLMEngine:
             return
         await self._on_engine(self._shutdown())
         await asyncio.to_thread(self._stop_loop)
+        # AsyncLLM sits in reference cycles; collected at interpreter exit, its __del__ would
+        # shut it down a second time with vLLM's modules half torn down, and say so on stderr
+        gc.collect()
 
     # On the engine loop.
 
@@ -324,6 +337,7 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+            await asyncio.sleep(0)  # its output handler, cancelled, finishes and lets go of it
 
     def _running(self) -> Any:
         llm = self._llm
@@ -387,6 +401,7 @@ class VLLMEngine:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
         self._loop.close()
 
 
@@ -478,13 +493,61 @@ def _metrics_logger() -> Any:
     return SamplerMetrics
 
 
-def _adapter_rank(folder: Path) -> int:
-    """The largest LoRA rank in the folder's adapter_config.json (r, or a rank_pattern's)."""
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a safetensors file, from its header (no weights read).
+
+    ValueError when the file is not safetensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except SafetensorError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+
+
+def base_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Every weight's shape in the model folder's safetensors files."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        shapes.update(weight_shapes(path))
+    return shapes
+
+
+def adapter_rank(folder: Path, base: dict[str, tuple[int, ...]]) -> int:
+    """The rank of the peft adapter in `folder`; ValueError unless it fits the base model `base`.
+
+    vLLM checks neither: it takes the rank from the tensors and the scale from the config's `r`,
+    and copies weights of another width into its buffers as they come. peft refuses both, and so
+    does this engine, naming the first weight that does not fit.
+    """
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
-        return max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
+        declared = {int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())}
+        shapes = weight_shapes(folder / "adapter_model.safetensors")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"adapter_config.json is not a LoRA config: {exc}") from None
+        raise ValueError(f"not a LoRA adapter folder: {exc}") from None
+    ranks: set[int] = set()
+    for name, shape in shapes.items():
+        module, _, part = name.removeprefix("base_model.model.").rpartition(".lora_")
+        target = base.get(f"{module}.weight")
+        if target is None and module == "lm_head":  # tied to the embedding
+            target = base.get("model.embed_tokens.weight")
+        if target is None or len(shape) != 2 or part not in ("A.weight", "B.weight"):
+            raise ValueError(f"{name}: the base model has no such module")
+        out_features, in_features = target
+        if part == "A.weight" and shape[1] != in_features:
+            raise ValueError(f"{name}: width {shape[1]}, the base model's is {in_features}")
+        if part == "B.weight" and shape[0] != out_features:
+            raise ValueError(f"{name}: width {shape[0]}, the base model's is {out_features}")
+        ranks.add(shape[0] if part == "A.weight" else shape[1])
+    if not ranks or not ranks <= declared:
+        raise ValueError(
+            f"adapter_config.json declares rank {sorted(declared)} but the weights have "
+            f"rank {sorted(ranks)}"
+        )
+    return max(ranks)
 
 
 def _completion(output: Any) -> Completion:
