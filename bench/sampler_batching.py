@@ -220,6 +220,46 @@ def vllm_engine(base_model: str, device: str, dtype: str, adapters: int) -> VLLM
     return VLLMEngine.from_config(config)
 
 
+def interleaved(
+    engines: list[SamplingEngine],
+    hf: PeftModel | None,
+    folders: list[Path],
+    requests: int,
+    adapters: int,
+    max_tokens: int,
+    rounds: int,
+) -> dict[str, list[Row]]:
+    """Each mode's rows of `rounds` interleaved rounds, after one warm-up round each."""
+    torch_engine = engines[0]
+    assert isinstance(torch_engine, TorchEngine)
+
+    async def load() -> None:
+        for engine in engines:
+            for i, folder in enumerate(folders):
+                await engine.load_adapter(f"a{i}", folder)
+
+    asyncio.run(load())
+    Run = Callable[[int, list[Request]], tuple[int, float]]
+    modes: dict[str, Run] = {}
+    if hf is not None:
+        modes["hf_generate"] = lambda n, w: run_hf_generate(hf, w, n, torch_engine.device)
+    modes["torch_serial"] = lambda n, w: asyncio.run(run_engine(torch_engine, w, n, False))
+    modes["torch_batched"] = lambda n, w: asyncio.run(run_engine(torch_engine, w, n, True))
+    if len(engines) > 1:
+        vllm = engines[1]
+        modes["vllm_lora"] = lambda n, w: asyncio.run(run_engine(vllm, w, n, True))
+        modes["vllm_no_lora"] = lambda n, w: asyncio.run(run_engine(vllm, w, n, True, False))
+    warm_up = make_requests(requests, adapters, rounds)
+    for run in modes.values():
+        run(4, warm_up)
+    measured: dict[str, list[Row]] = {mode: [] for mode in modes}
+    for round_ in range(rounds):
+        work = make_requests(requests, adapters, round_)
+        for mode, run in modes.items():
+            measured[mode].append(Row(mode, *run(max_tokens, work)))
+    return measured
+
+
 def measure(
     base_model: str,
     device: str,
@@ -236,39 +276,13 @@ def measure(
     dtype = DTYPES[dtype_name]
     with tempfile.TemporaryDirectory(prefix="treadle-bench-") as root:
         folders = adapter_folders(base_model, adapters, rank, Path(root))
-        engines: list[SamplingEngine] = [
-            TorchEngine(base_model, device=device, dtype=dtype, max_batch_size=64)
-        ]
-        if with_vllm:
-            engines.append(vllm_engine(base_model, device, dtype_name, adapters))
-
-        async def load() -> None:
-            for engine in engines:
-                for i, folder in enumerate(folders):
-                    await engine.load_adapter(f"a{i}", folder)
-
-        asyncio.run(load())
-        torch_engine = engines[0]
-        Run = Callable[[int, list[Request]], tuple[int, float]]
-        modes: dict[str, Run] = {}
-        if with_hf:
-            model = hf_model(base_model, folders, device, dtype)
-            modes["hf_generate"] = lambda n, w: run_hf_generate(model, w, n, torch_engine.device)
-        modes["torch_serial"] = lambda n, w: asyncio.run(run_engine(torch_engine, w, n, False))
-        modes["torch_batched"] = lambda n, w: asyncio.run(run_engine(torch_engine, w, n, True))
-        if with_vllm:
-            vllm = engines[1]
-            modes["vllm_lora"] = lambda n, w: asyncio.run(run_engine(vllm, w, n, True))
-            modes["vllm_no_lora"] = lambda n, w: asyncio.run(run_engine(vllm, w, n, True, False))
+        engines: list[SamplingEngine] = []
         try:
-            warm_up = make_requests(requests, adapters, rounds)
-            for run in modes.values():
-                run(4, warm_up)
-            measured: dict[str, list[Row]] = {mode: [] for mode in modes}
-            for round_ in range(rounds):
-                work = make_requests(requests, adapters, round_)
-                for mode, run in modes.items():
-                    measured[mode].append(Row(mode, *run(max_tokens, work)))
+            engines.append(TorchEngine(base_model, device=device, dtype=dtype, max_batch_size=64))
+            if with_vllm:
+                engines.append(vllm_engine(base_model, device, dtype_name, adapters))
+            hf = hf_model(base_model, folders, device, dtype) if with_hf else None
+            measured = interleaved(engines, hf, folders, requests, adapters, max_tokens, rounds)
         finally:
             for engine in engines:
                 asyncio.run(engine.close())

@@ -25,7 +25,7 @@ from treadle_runtime.errors import OpError
 from treadle_sampler.config import SamplerConfig
 from treadle_sampler.engine import Completion, SamplingOptions
 from treadle_sampler.local_adapters import write_peft_folder
-from treadle_sampler.vllm_engine import VLLMEngine
+from treadle_sampler.vllm_engine import VLLMEngine, _Turns
 
 
 async def collect(
@@ -152,6 +152,24 @@ def test_prompt_logprobs_are_exact_even_beside_running_requests(
     assert run(engine.compute_logprobs(None, [5])) == []
 
 
+def test_a_full_length_sequence_is_scored_and_a_full_length_sample_runs(
+    engine: VLLMEngine, loaded: dict[str, Adapter]
+) -> None:
+    length = engine.spec.max_seq_len
+    tokens = [(7 * i) % 1000 + 3 for i in range(length)]
+
+    async def scenario() -> tuple[list[float], Completion]:
+        scores = await engine.compute_logprobs("a", tokens)
+        options = SamplingOptions(max_tokens=2, seed=0, stop_token_ids=())
+        (completion,) = await collect(engine, "a", tokens[:-2], 1, options)
+        return scores, completion
+
+    scores, completion = run(scenario())
+    expected = reference_logprobs(loaded["a"].model, tokens[:1], tokens[1:])
+    assert torch.allclose(torch.tensor(scores), expected, atol=1e-4)
+    assert len(completion.tokens) == 2 or completion.stop_reason == "stop"
+
+
 def test_stops_by_token_id_string_and_length_keep_the_stopping_tokens(engine: VLLMEngine) -> None:
     prompt = list(range(1000, 1020))  # word pieces, not bytes: their text is readable
     greedy = SamplingOptions(max_tokens=20, temperature=0)
@@ -214,7 +232,7 @@ def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
             await engine.load_adapter("x", write_peft_folder(wrong_rank, tmp_path / "rank"))
         with pytest.raises(ValueError, match=r"lora_A.weight: width 64, the base model's is 128"):
             await engine.load_adapter("x", write_peft_folder(wrong_width, tmp_path / "width"))
-        with pytest.raises(ValueError, match="not a LoRA adapter folder: adapter_model"):
+        with pytest.raises(ValueError, match="adapter_model.safetensors: .*deserializing"):
             await engine.load_adapter("x", write_peft_folder(not_weights, tmp_path / "junk"))
         with pytest.raises(ValueError, match=r"rank 128 is above .* vllm_max_lora_rank 64"):
             await engine.load_adapter("y", too_big.folder)
@@ -223,6 +241,21 @@ def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
         return await engine.compute_logprobs(None, [1, 2, 3])
 
     assert len(run(scenario())) == 2
+
+
+def test_a_cancelled_exclusive_turn_lets_shared_requests_go_on() -> None:
+    async def scenario() -> bool:
+        turns = _Turns()
+        async with turns.shared():
+            waiting = asyncio.ensure_future(turns.exclusive().__aenter__())
+            await asyncio.sleep(0)
+            later = asyncio.ensure_future(turns.shared().__aenter__())  # held back by `waiting`
+            await asyncio.sleep(0)
+            waiting.cancel()
+            await asyncio.wait_for(later, timeout=5)
+        return True
+
+    assert run(scenario())
 
 
 def test_a_request_whose_caller_goes_away_is_aborted(engine: VLLMEngine) -> None:
@@ -254,23 +287,16 @@ def engine_cores() -> list[psutil.Process]:
     return found
 
 
-@pytest.fixture(scope="module")
-def own_engine() -> Iterator[VLLMEngine]:
-    """An engine of this module's own, to kill."""
-    instance = VLLMEngine.from_config(SamplerConfig(base_model="treadle/tiny-llama"))
-    yield instance
-    run(instance.close())
-
-
-def test_a_dead_engine_core_is_unavailable_then_restarted(own_engine: VLLMEngine) -> None:
-    before = {process.pid for process in engine_cores()}
+def test_a_dead_engine_core_is_unavailable_then_restarted_and_close_ends_requests() -> None:
+    others = {process.pid for process in engine_cores()}
+    own = VLLMEngine.from_config(SamplerConfig(base_model="treadle/tiny-llama"))
     options = SamplingOptions(max_tokens=2000, seed=0)
 
-    async def scenario() -> tuple[BaseException | None, float]:
-        running = asyncio.ensure_future(collect(own_engine, None, [1, 2, 3], 2, options))
+    async def scenario() -> tuple[BaseException | None, BaseException | None]:
+        running = asyncio.ensure_future(collect(own, None, [1, 2, 3], 2, options))
         await asyncio.sleep(1.0)
         for process in engine_cores():
-            if process.pid in before:
+            if process.pid not in others:  # this engine's core only
                 os.kill(process.pid, signal.SIGKILL)
         try:
             await asyncio.wait_for(running, 60)
@@ -280,17 +306,30 @@ def test_a_dead_engine_core_is_unavailable_then_restarted(own_engine: VLLMEngine
         started = time.monotonic()
         while True:  # UNAVAILABLE while restarting, then served again
             try:
-                await collect(own_engine, None, [4, 5], 1, SamplingOptions(max_tokens=2, seed=0))
-                return error, time.monotonic() - started
+                await collect(own, None, [4, 5], 1, SamplingOptions(max_tokens=2, seed=0))
+                break
             except OpError as exc:
                 assert exc.code == grpc.StatusCode.UNAVAILABLE
                 assert time.monotonic() - started < 120
                 await asyncio.sleep(0.5)
+        in_flight = asyncio.ensure_future(collect(own, None, [1, 2, 3], 1, options))
+        await asyncio.sleep(1.0)
+        await own.close()
+        try:
+            await asyncio.wait_for(in_flight, 30)  # ended, not left hanging
+            closed = None
+        except (asyncio.CancelledError, OpError) as exc:
+            closed = exc
+        return error, closed
 
-    error, _ = run(scenario())
+    try:
+        error, closed = run(scenario())
+    finally:
+        run(own.close())
     assert isinstance(error, OpError) and error.code == grpc.StatusCode.UNAVAILABLE
     assert "restarting" in error.message
-    assert own_engine.restarts == 1
+    assert own.restarts == 1
+    assert closed is not None
 
 
 @pytest.mark.parametrize("base", ["treadle/tiny-qwen2", "treadle/tiny-qwen3", "smollm2"])

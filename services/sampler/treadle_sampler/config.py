@@ -60,6 +60,13 @@ class SamplerConfig(ServerConfig):
     vllm_kv_cache_gib: float = field(
         default=1.0, metadata={"help": "vLLM: KV cache size in GiB (CPU memory or GPU memory)"}
     )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "vLLM on a GPU: the part of the card that must be free when it starts "
+            "(its gpu_memory_utilization; the KV cache is sized by vllm_kv_cache_gib)"
+        },
+    )
     sglang_url: str = field(
         default="", metadata={"help": "SGLang server to attach to (empty: launch one)"}
     )
@@ -96,6 +103,9 @@ class SamplerConfig(ServerConfig):
             raise ValueError(f"vllm_max_lora_rank: {self.vllm_max_lora_rank} is not one of {ranks}")
         if self.vllm_kv_cache_gib <= 0:
             raise ValueError(f"vllm_kv_cache_gib: must be > 0, got {self.vllm_kv_cache_gib}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            message = f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            raise ValueError(f"vllm_gpu_memory_utilization: {message}")
         if not 0 <= self.sglang_port <= 65535:
             raise ValueError(f"sglang_port: {self.sglang_port} is not in 0..65535")
         if self.sglang_timeout_seconds <= 0:

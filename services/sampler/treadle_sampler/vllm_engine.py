@@ -14,7 +14,8 @@ How Treadle's contract maps onto vLLM:
 - Logprobs: `logprobs_mode="processed_logprobs"` reports log_softmax of the temperature-scaled
   logits after top-k/top-p, i.e. the logprob of the token under the distribution it was drawn
   from (`sampling.py`); greedy requests report temperature 1. `logprobs=0` asks for the sampled
-  token's logprob only.
+  token's logprob only. vLLM samples a temperature between 0 and 0.01 at 0.01 (its floor), so
+  those tokens and logprobs are the ones of temperature 0.01: practically greedy either way.
 - Stops: stop strings are matched on vLLM's incremental detokenization with
   `include_stop_str_in_output`, and token_ids keep the tokens that complete the string; the stop
   or end-of-sequence token is kept too. The model's end-of-sequence ids (config.json,
@@ -39,6 +40,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -60,6 +62,7 @@ from treadle_sampler.engine import Completion, SamplingOptions
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SEED_RANGE = 1 << 63
+RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait between tries to start a new engine
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 VLLM_MEDIA_MODULE = "vllm.multimodal.media.audio"
 
@@ -72,6 +75,7 @@ VLLM_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "VLLM_LOGGING_LEVEL": "ERROR",
+    "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",  # for max_model_len's extra position (engine_args)
 }
 
 
@@ -82,7 +86,9 @@ def engine_args(config: SamplerConfig, folder: Path, device: str, dtype: str) ->
         "model": str(folder),
         "served_model_name": spec.name,
         "dtype": dtype,
-        "max_model_len": spec.max_seq_len,
+        # one position past the contract's longest sequence: compute_logprobs of a full-length
+        # sequence is a prompt of max_seq_len tokens, and vLLM wants room for one more
+        "max_model_len": spec.max_seq_len + 1,
         "enforce_eager": True,
         "enable_lora": True,
         "max_loras": config.vllm_max_loras,
@@ -98,6 +104,8 @@ def engine_args(config: SamplerConfig, folder: Path, device: str, dtype: str) ->
     }
     if device == "cuda":
         args["kv_cache_memory_bytes"] = int(config.vllm_kv_cache_gib * (1 << 30))
+        # vLLM refuses to start unless this part of the card is free, even with the cache sized
+        args["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
     return args
 
 
@@ -167,7 +175,7 @@ class VLLMEngine:
         device = pick_device(config.device)
         if device.type == "cpu":
             os.environ.setdefault(
-                "VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.vllm_kv_cache_gib)))
+                "VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(config.vllm_kv_cache_gib)))
             )
             if config.torch_threads:
                 os.environ["OMP_NUM_THREADS"] = str(config.torch_threads)
@@ -289,7 +297,7 @@ class VLLMEngine:
     async def _generate(
         self, prompt: list[int], params: Any, lora: Any, *, alone: bool = False
     ) -> Any:
-        from vllm.v1.engine.exceptions import EngineDeadError
+        from vllm.exceptions import VLLMClientError
 
         llm = self._running()
         output = None
@@ -300,13 +308,15 @@ class VLLMEngine:
                     {"prompt_token_ids": prompt}, params, uuid.uuid4().hex, lora_request=lora
                 ):
                     output = update  # FINAL_ONLY: the one finished output
-        except EngineDeadError:
-            raise self._dead() from None
-        except ValueError as exc:  # vLLM refused the request (the contract's checks came first)
+        except VLLMClientError as exc:  # refused (the contract was checked first)
             raise invalid("sampling_params", f"vLLM refused the request: {exc}") from None
-        if llm.errored:
-            raise self._dead()
+        except Exception:
+            if llm.errored:  # EngineDeadError, or the output handler failed
+                raise self._dead() from None
+            raise
         if output is None or not output.finished:
+            if llm.errored:
+                raise self._dead()
             raise RuntimeError("vLLM ended a request without a result")
         return output
 
@@ -332,8 +342,11 @@ class VLLMEngine:
         return len(await self._running().list_loras())
 
     async def _shutdown(self) -> None:
-        if self._restarting is not None:
-            self._restarting.cancel()
+        # requests in flight end first (cancelled: their callers get CancelledError, not a hang)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
@@ -355,11 +368,24 @@ class VLLMEngine:
         return OpError(grpc.StatusCode.UNAVAILABLE, "the vLLM engine died and is restarting; retry")
 
     async def _restart(self) -> None:
+        """Shut the dead engine down and start a new one, trying again (with backoff) until one
+        starts; callers are answered UNAVAILABLE meanwhile."""
         old, self._llm = self._llm, None
+        delay = RESTART_BACKOFF_S[0]
         try:
             if old is not None:
                 await asyncio.to_thread(old.shutdown)
-            await self._boot()
+            while True:
+                try:
+                    await self._boot()
+                    break
+                except Exception as exc:
+                    log.error(
+                        "the vLLM engine did not start; trying again",
+                        extra={"reason": str(exc), "retry_in_s": delay},
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, RESTART_BACKOFF_S[1])
             self.restarts += 1
             log.warning("the vLLM engine is serving again")
         finally:
@@ -436,6 +462,7 @@ class _Turns:
                 await self._changed.wait_for(lambda: not self._exclusive and not self._shared)
             finally:
                 self._queued -= 1
+                self._changed.notify_all()  # if cancelled, shared requests may go on
             self._exclusive = True
         try:
             yield
@@ -461,7 +488,7 @@ def _metrics_logger() -> Any:
     (`disable_log_stats`)."""
     from vllm.v1.metrics.loggers import PrometheusStatLogger
 
-    class SamplerMetrics(PrometheusStatLogger):  # type: ignore[misc]
+    class SamplerMetrics(PrometheusStatLogger):
         def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
             self.engine_indexes = engine_indexes or [0]
 
@@ -531,17 +558,21 @@ def adapter_rank(folder: Path, base: dict[str, tuple[int, ...]]) -> int:
     ranks: set[int] = set()
     for name, shape in shapes.items():
         module, _, part = name.removeprefix("base_model.model.").rpartition(".lora_")
+        if len(shape) != 2 or part not in ("A.weight", "B.weight"):
+            raise ValueError(f"{name}: not a LoRA A or B matrix of a linear layer")
+        ranks.add(shape[0] if part == "A.weight" else shape[1])
+        if not base:  # weights that are not safetensors: vLLM's own checks only
+            continue
         target = base.get(f"{module}.weight")
         if target is None and module == "lm_head":  # tied to the embedding
             target = base.get("model.embed_tokens.weight")
-        if target is None or len(shape) != 2 or part not in ("A.weight", "B.weight"):
-            raise ValueError(f"{name}: the base model has no such module")
+        if target is None:
+            raise ValueError(f"{name}: the base model has no module {module}")
         out_features, in_features = target
         if part == "A.weight" and shape[1] != in_features:
             raise ValueError(f"{name}: width {shape[1]}, the base model's is {in_features}")
         if part == "B.weight" and shape[0] != out_features:
             raise ValueError(f"{name}: width {shape[0]}, the base model's is {out_features}")
-        ranks.add(shape[0] if part == "A.weight" else shape[1])
     if not ranks or not ranks <= declared:
         raise ValueError(
             f"adapter_config.json declares rank {sorted(declared)} but the weights have "
