@@ -92,8 +92,9 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[VLLMEngine]:
-    """The tiny-llama vLLM engine (the default) every sampler test shares."""
-    instance = VLLMEngine.from_config(SamplerConfig(base_model=TINY, torch_threads=2))
+    """The tiny-llama vLLM engine (the default) every sampler test shares (ranks up to 64)."""
+    config = SamplerConfig(base_model=TINY, torch_threads=2, vllm_max_lora_rank=64)
+    instance = VLLMEngine.from_config(config)
     yield instance
     run(instance.close())
 

@@ -232,7 +232,7 @@ def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
             await engine.load_adapter("x", write_peft_folder(wrong_rank, tmp_path / "rank"))
         with pytest.raises(ValueError, match=r"lora_A.weight: width 64, the base model's is 128"):
             await engine.load_adapter("x", write_peft_folder(wrong_width, tmp_path / "width"))
-        with pytest.raises(ValueError, match="adapter_model.safetensors: .*deserializing"):
+        with pytest.raises(ValueError, match=r"adapter_model\.safetensors: .*deserializing"):
             await engine.load_adapter("x", write_peft_folder(not_weights, tmp_path / "junk"))
         with pytest.raises(ValueError, match=r"rank 128 is above .* vllm_max_lora_rank 64"):
             await engine.load_adapter("y", too_big.folder)
@@ -241,6 +241,28 @@ def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
         return await engine.compute_logprobs(None, [1, 2, 3])
 
     assert len(run(scenario())) == 2
+
+
+def test_a_higher_rank_adapter_grows_the_buffers_after_the_requests_in_flight(
+    engine: VLLMEngine, loaded: dict[str, Adapter], adapter_root: Path
+) -> None:
+    wide = make_adapter(22, LoraSpec(rank=32), adapter_root)
+    prompt = list(range(50, 60))
+    options = SamplingOptions(max_tokens=6, temperature=0)
+
+    async def scenario() -> tuple[list[Completion], list[Completion], list[Completion]]:
+        running = asyncio.ensure_future(collect(engine, "a", prompt, 2, options))
+        await asyncio.sleep(0.2)
+        await engine.load_adapter("wide", wide.folder)
+        after_a = await collect(engine, "a", prompt, 1, options)  # reloaded from its folder
+        return await running, after_a, await collect(engine, "wide", prompt, 1, options)
+
+    before_a, after_a, (grown,) = run(scenario())
+    assert engine.args["max_lora_rank"] == 32
+    assert before_a[0].tokens == after_a[0].tokens
+    expected = reference_logprobs(wide.model, prompt, grown.tokens)
+    assert torch.allclose(torch.tensor(grown.logprobs), expected, atol=1e-4)
+    run(engine.evict("wide"))
 
 
 def test_a_cancelled_exclusive_turn_lets_shared_requests_go_on() -> None:

@@ -54,8 +54,15 @@ class SamplerConfig(ServerConfig):
     vllm_max_loras: int = field(
         default=8, metadata={"help": "vLLM: adapters in one batch (its max_loras)"}
     )
+    vllm_lora_rank: int = field(
+        default=16,
+        metadata={
+            "help": "vLLM: the LoRA rank its buffers start at; an adapter of a higher rank grows "
+            "them (the engine restarts once, in-flight requests finish first)"
+        },
+    )
     vllm_max_lora_rank: int = field(
-        default=64, metadata={"help": "vLLM: the largest adapter rank it serves (max_lora_rank)"}
+        default=128, metadata={"help": "vLLM: the largest adapter rank it serves"}
     )
     vllm_kv_cache_gib: float = field(
         default=1.0, metadata={"help": "vLLM: KV cache size in GiB (CPU memory or GPU memory)"}
@@ -98,9 +105,13 @@ class SamplerConfig(ServerConfig):
             raise ValueError(f"sglang_url: {self.sglang_url!r} is not an http(s) URL")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
-        if self.vllm_max_lora_rank not in VLLM_LORA_RANKS:
-            ranks = ", ".join(map(str, VLLM_LORA_RANKS))
-            raise ValueError(f"vllm_max_lora_rank: {self.vllm_max_lora_rank} is not one of {ranks}")
+        ranks = ", ".join(map(str, VLLM_LORA_RANKS))
+        for name in ("vllm_lora_rank", "vllm_max_lora_rank"):
+            if getattr(self, name) not in VLLM_LORA_RANKS:
+                raise ValueError(f"{name}: {getattr(self, name)} is not one of {ranks}")
+        if self.vllm_lora_rank > self.vllm_max_lora_rank:
+            message = f"{self.vllm_lora_rank} is above vllm_max_lora_rank {self.vllm_max_lora_rank}"
+            raise ValueError(f"vllm_lora_rank: {message}")
         if self.vllm_kv_cache_gib <= 0:
             raise ValueError(f"vllm_kv_cache_gib: must be > 0, got {self.vllm_kv_cache_gib}")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
