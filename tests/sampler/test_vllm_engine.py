@@ -170,6 +170,19 @@ def test_a_full_length_sequence_is_scored_and_a_full_length_sample_runs(
     assert len(completion.tokens) == 2 or completion.stop_reason == "stop"
 
 
+def test_many_seeded_prompts_at_once_are_served(engine: VLLMEngine) -> None:
+    # more prompt tokens than one engine step takes by default: vLLM would split a prefill
+    prompts = [[(13 * i + k) % 1000 + 3 for k in range(60)] for i in range(48)]
+
+    async def scenario() -> list[list[Completion]]:
+        options = [SamplingOptions(max_tokens=4, seed=i) for i in range(len(prompts))]
+        return await asyncio.gather(
+            *(collect(engine, None, p, 1, o) for p, o in zip(prompts, options, strict=True))
+        )
+
+    assert all(len(c.tokens) == 4 or c.stop_reason == "stop" for (c,) in run(scenario()))
+
+
 def test_stops_by_token_id_string_and_length_keep_the_stopping_tokens(engine: VLLMEngine) -> None:
     prompt = list(range(1000, 1020))  # word pieces, not bytes: their text is readable
     greedy = SamplingOptions(max_tokens=20, temperature=0)

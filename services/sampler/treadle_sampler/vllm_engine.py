@@ -62,6 +62,7 @@ from treadle_sampler.engine import Completion, SamplingOptions
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SEED_RANGE = 1 << 63
+CPU_STEP_TOKENS = 4096  # tokens per engine step on the CPU, at least (vLLM's offline default)
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait between tries to start a new engine
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 VLLM_MEDIA_MODULE = "vllm.multimodal.media.audio"
@@ -101,6 +102,12 @@ def engine_args(config: SamplerConfig, folder: Path, device: str, dtype: str) ->
         "disable_log_stats": True,
         "skip_tokenizer_init": not any((folder / name).exists() for name in TOKENIZER_FILES),
     }
+    if device == "cpu":
+        # vLLM 0.32 on the CPU crashes its engine core when a seeded request's prefill is split
+        # over two steps (it rewinds the request's generator, which CPU generators refuse), as
+        # when many prompts arrive at once: prompts are prefilled whole instead
+        args["enable_chunked_prefill"] = False
+        args["max_num_batched_tokens"] = max(args["max_model_len"], CPU_STEP_TOKENS)
     if device == "cuda":
         args["kv_cache_memory_bytes"] = int(config.vllm_kv_cache_gib * (1 << 30))
         # vLLM refuses to start unless this part of the card is free, even with the cache sized
