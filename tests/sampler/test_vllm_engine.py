@@ -116,6 +116,38 @@ def test_mixed_adapter_batches_match_solo_runs_and_the_trainers_forward(
     assert len({tuple(c.tokens) for c in together[0]}) == 3  # seed + i: three different draws
 
 
+def test_base_model_requests_get_no_adapter_when_every_lora_slot_is_taken(
+    adapter_a: Adapter, adapter_b: Adapter, base_model: torch.nn.Module
+) -> None:
+    """vLLM's CPU ops read the last slot for a request without an adapter; the grouped ops
+    (vllm_cpu_lora) give it none."""
+    own = VLLMEngine.from_config(
+        SamplerConfig(base_model="treadle/tiny-llama", torch_threads=2, vllm_max_loras=2)
+    )
+    greedy = SamplingOptions(max_tokens=8, temperature=0)
+    prompt = list(range(40, 52))
+
+    async def scenario() -> list[list[Completion]]:
+        await own.load_adapter("a", adapter_a.folder)
+        await own.load_adapter("b", adapter_b.folder)
+        try:
+            return await asyncio.gather(
+                *(collect(own, key, prompt, 1, greedy) for key in ("a", "b", None, "b", None))
+            )
+        finally:
+            await own.close()
+
+    results = run(scenario())
+    models = [adapter_a.model, adapter_b.model, base_model, adapter_b.model, base_model]
+    for model, (completion,) in zip(models, results, strict=True):
+        ids = torch.tensor([prompt + completion.tokens])
+        with torch.no_grad():
+            greedy_tokens = torch.argmax(model(input_ids=ids).logits[0], -1)
+        assert completion.tokens == greedy_tokens[len(prompt) - 1 : -1].tolist()
+        expected = reference_logprobs(model, prompt, completion.tokens)
+        assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-4)
+
+
 def test_a_fixed_seed_gives_the_same_tokens_and_another_seed_does_not(engine: VLLMEngine) -> None:
     prompt = list(range(60, 80))
 

@@ -69,8 +69,8 @@ class UpConfig:
     torch_threads: int = field(
         default=0,
         metadata={
-            "help": "torch CPU threads per trainer and sampler (0 = a model's trainers share "
-            "its part of the cores, its samplers half of that)"
+            "help": "torch CPU threads per trainer and sampler (0 = a model's trainers and "
+            "vLLM samplers share its part of the cores, torch-engine samplers half of that)"
         },
     )
     metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
@@ -111,13 +111,15 @@ class UpConfig:
 
     def worker_threads(self) -> tuple[int, int]:
         """torch threads of each (trainer, sampler) unless `torch_threads` sets both: the
-        trainers, the throughput engine of a training loop, share all the cores of a model's
-        share of the machine; the samplers half of it, so a sampler running beside a trainer
-        leaves it a core."""
+        trainers share all the cores of a model's share of the machine, and so do vLLM samplers,
+        since a training loop mostly samples and trains in turn and vLLM's threads sleep between
+        batches (the demo's 12 steps: 185 s with both cores, 234 s with one); torch-engine
+        samplers take half, so one running beside a trainer leaves it a core."""
         if self.torch_threads:
             return self.torch_threads, self.torch_threads
         cores = max(1, len(os.sched_getaffinity(0)) // len(self.base_models()))
-        return max(1, cores // self.trainers), max(1, cores // (2 * self.samplers))
+        share = 1 if self.sampler_engine == "vllm" else 2
+        return max(1, cores // self.trainers), max(1, cores // (share * self.samplers))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
