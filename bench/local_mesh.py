@@ -18,11 +18,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 @contextmanager
 def local_mesh(
-    base_model: str, tenants: int, torch_threads: int = 0, gateway: bool = False
+    base_model: str,
+    tenants: int,
+    torch_threads: int = 0,
+    gateway: bool = False,
+    sampler_engine: str = UpConfig.sampler_engine,
 ) -> Iterator[tuple[LocalMesh, list[str]]]:
     """A mesh with `tenants` extra API keys (tml-bench-0 ... ) and metrics on; `torch_threads`
     per trainer and sampler (0: the launcher's default, the cores shared equally); the tinker
-    SDK's gateway too when asked for (mesh.gateway_url)."""
+    SDK's gateway too when asked for (mesh.gateway_url); samplers on `sampler_engine`."""
     keys = [f"tml-bench-{i}" for i in range(tenants)]
     with tempfile.TemporaryDirectory(prefix="treadle-bench-") as data_dir:
         config = UpConfig(
@@ -32,6 +36,7 @@ def local_mesh(
             data_dir=data_dir,
             metrics=True,
             torch_threads=torch_threads,
+            sampler_engine=sampler_engine,
             api_keys=",".join(f"{k}=tenant-{i}" for i, k in enumerate(keys)),
         )
         with LocalMesh(config) as mesh:

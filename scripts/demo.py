@@ -52,6 +52,9 @@ def main() -> int:
     parser.add_argument("--base-model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--steps", type=int, default=12, help="RL steps")
     parser.add_argument("--log-dir", default="runs/demo", help="metrics, plot, report")
+    parser.add_argument(
+        "--sampler-engine", default=UpConfig.sampler_engine, choices=("vllm", "torch")
+    )
     args = parser.parse_args()
     started = time.monotonic()
     recipe = math_rl.build_parser().parse_args(
@@ -60,7 +63,12 @@ def main() -> int:
     math_rl.check(recipe)
     with tempfile.TemporaryDirectory(prefix="treadle-demo-") as data_dir:
         config = UpConfig(
-            base_model=args.base_model, port=0, gateway_port=-1, data_dir=data_dir, metrics=False
+            base_model=args.base_model,
+            port=0,
+            gateway_port=-1,
+            data_dir=data_dir,
+            metrics=False,
+            sampler_engine=args.sampler_engine,
         )
         print(f"starting the local mesh for {args.base_model} ...", flush=True)
         with LocalMesh(config) as mesh:

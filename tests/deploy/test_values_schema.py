@@ -30,7 +30,15 @@ _spec.loader.exec_module(chart_schema)
             {"trainer": {"config": {"max_pass_tokens": "lots"}}},
             "at '/trainer/config/max_pass_tokens': got string, want integer",
         ),
-        ({"sampler": {"engine": "vllm"}}, "at '/sampler/engine'"),
+        ({"sampler": {"engine": "vllm-cpu"}}, "at '/sampler/engine'"),  # an image, not an engine
+        (
+            {"sampler": {"config": {"vllm_max_lora_rank": "64"}}},
+            "at '/sampler/config/vllm_max_lora_rank': got string, want integer",
+        ),
+        (
+            {"baseModels": [{"name": "a", "model": "b", "sampler": {"image": 1}}]},
+            "at '/baseModels/0/sampler/image': got number, want string",
+        ),
         ({"gateway": {"replicas": -1}}, "at '/gateway/replicas': minimum: got -1, want 1"),
         (
             {"gateway": {"config": {"long_poll_seconds": "20s"}}},
@@ -76,6 +84,14 @@ def test_wrong_type_is_refused_naming_the_key(
         (
             {"gateway": {"config": {"scheduler": "elsewhere:8470"}}},
             "at '/gateway/config': additional properties 'scheduler' not allowed",
+        ),
+        (
+            {"sampler": {"vllm": {"maxLoras": 4}}},
+            "at '/sampler/vllm': additional properties 'maxLoras' not allowed",
+        ),
+        (
+            {"sampler": {"imageTagSuffix": {"cpu": "-cpu"}}},
+            "at '/sampler/imageTagSuffix': additional properties 'cpu' not allowed",
         ),
         (
             {"gateway": {"ingress": {"hosts": ["tinker.example.com"]}}},

@@ -1,9 +1,9 @@
 """`treadle up`'s sharing of the machine's cores (a model's trainers share its part of the cores,
-its samplers half of that, unless one thread count is given for both), its list of served models
-(NAME=SOURCE entries; a bad list is a one-line config error naming base_model), the models
-prepared before any service starts (said on stdout; a failure or a timeout said plainly), the
-tokenizers written for clients under their served names, and services that never outlive their
-launcher."""
+its vLLM samplers the same, torch-engine samplers half of that, unless one thread count is given
+for both), its list of served models (NAME=SOURCE entries; a bad list is a one-line config error
+naming base_model), the models prepared before any service starts (said on stdout; a failure or a
+timeout said plainly), the tokenizers written for clients under their served names, and services
+that never outlive their launcher."""
 
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ LLAMA = "meta-llama/Llama-3.2-1B"
 
 def test_the_cores_are_shared_among_the_workers() -> None:
     cores = len(os.sched_getaffinity(0))
-    assert UpConfig().worker_threads() == (cores, max(1, cores // 2))
+    assert UpConfig().worker_threads() == (cores, cores)  # vLLM samplers: the trainers' share
+    assert UpConfig(sampler_engine="torch").worker_threads() == (cores, max(1, cores // 2))
     two_models = UpConfig(base_model="a,b", trainers=2, samplers=2)
+    assert two_models.worker_threads() == (max(1, cores // 4), max(1, cores // 4))
+    two_models = UpConfig(base_model="a,b", trainers=2, samplers=2, sampler_engine="torch")
     assert two_models.worker_threads() == (max(1, cores // 4), max(1, cores // 8))
     assert UpConfig(torch_threads=3).worker_threads() == (3, 3)
 

@@ -1,4 +1,5 @@
-"""Sampler test helpers: one tiny-llama torch engine, real LoRA adapters, real servers.
+"""Sampler test helpers: one tiny-llama vLLM engine (and a torch engine), real LoRA adapters,
+real servers.
 
 Adapters reach the sampler the production way: published through CheckpointClient.put to a real
 checkpoints server over the session's SeaweedFS, and fetched by the sampler by path. An adapter
@@ -40,6 +41,7 @@ from treadle_sampler.config import SamplerConfig
 from treadle_sampler.engine import SamplingEngine
 from treadle_sampler.local_adapters import write_peft_folder
 from treadle_sampler.torch_engine import TorchEngine
+from treadle_sampler.vllm_engine import VLLMEngine
 
 TINY = "treadle/tiny-llama"
 T = TypeVar("T")
@@ -55,11 +57,13 @@ class Adapter:
     folder: Path  # the files as the adapter cache writes them for an engine
 
 
-def make_adapter(seed: int, spec: LoraSpec, root: Path, *, scale: float = 0.2) -> Adapter:
-    """A LoRA adapter on tiny-llama with random B matrices, as peft saves it (folder in root)."""
+def make_adapter(
+    seed: int, spec: LoraSpec, root: Path, *, scale: float = 0.2, base_model: str = TINY
+) -> Adapter:
+    """A LoRA adapter on `base_model` with random B matrices, as peft saves it (folder in root)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(load_model(TINY), peft_lora_config(spec))
+        model = get_peft_model(load_model(base_model), peft_lora_config(spec))
         generator = torch.Generator().manual_seed(seed)
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -87,8 +91,17 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[TorchEngine]:
-    """The tiny-llama torch engine every sampler test shares."""
+def engine() -> Iterator[VLLMEngine]:
+    """The tiny-llama vLLM engine (the default) every sampler test shares (ranks up to 64)."""
+    config = SamplerConfig(base_model=TINY, torch_threads=2, vllm_max_lora_rank=64)
+    instance = VLLMEngine.from_config(config)
+    yield instance
+    run(instance.close())
+
+
+@pytest.fixture(scope="session")
+def torch_engine() -> Iterator[TorchEngine]:
+    """The tiny-llama torch engine, for its own tests."""
     instance = TorchEngine(TINY, max_batch_size=32)
     yield instance
     run(instance.close())

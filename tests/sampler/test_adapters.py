@@ -18,11 +18,13 @@ from sampler.conftest import (
     make_adapter,
     publish,
     reference_logprobs,
+    run,
     sampler_server,
 )
 from treadle.v1 import common_pb2, sampler_pb2, sampler_pb2_grpc
 from treadle_models import LoraSpec
-from treadle_sampler.torch_engine import TorchEngine
+from treadle_sampler.engine import SamplingEngine
+from treadle_sampler.vllm_engine import VLLMEngine
 
 PROMPT = [11, 12, 13, 14, 15, 16]
 
@@ -69,7 +71,7 @@ def paths(
 
 
 @pytest.fixture
-def two_slots(engine: TorchEngine, checkpoints: str) -> Iterator[sampler_pb2_grpc.SamplerStub]:
+def two_slots(engine: SamplingEngine, checkpoints: str) -> Iterator[sampler_pb2_grpc.SamplerStub]:
     """A sampler that keeps at most two adapters loaded."""
     with sampler_server(engine, checkpoints, max_adapters=2) as running:
         yield running
@@ -81,9 +83,8 @@ def folders(parent: Path) -> list[Path]:
 
 
 def test_the_least_recently_used_adapter_is_evicted_cleanly_and_reloads_unchanged(
-    engine: TorchEngine, checkpoints: str, tenant: str, paths: list[str], tmp_path: Path
+    engine: VLLMEngine, checkpoints: str, tenant: str, paths: list[str], tmp_path: Path
 ) -> None:
-    params = sum(p.numel() for p in engine.model.parameters())
     with sampler_server(engine, checkpoints, max_adapters=2, adapter_dir=str(tmp_path)) as stub:
         before = loads()
         first = sample(stub, tenant, paths[0], seed=3)
@@ -98,7 +99,7 @@ def test_the_least_recently_used_adapter_is_evicted_cleanly_and_reloads_unchange
         assert loads() - before == 5  # A, B, C, B again, A again
         assert len(folders(tmp_path)) == 2
     assert list(tmp_path.iterdir()) == []  # shutdown unloads the rest and deletes the files
-    assert sum(p.numel() for p in engine.model.parameters()) == params  # no LoRA weights left
+    assert run(engine.held_adapters()) == 0  # vLLM holds no LoRA weights any more
 
 
 def test_concurrent_requests_for_a_new_adapter_fetch_it_once(
@@ -112,7 +113,7 @@ def test_concurrent_requests_for_a_new_adapter_fetch_it_once(
 
 
 def test_an_adapter_in_use_is_not_evicted(
-    engine: TorchEngine, checkpoints: str, tenant: str, paths: list[str], adapter_a: Adapter
+    engine: SamplingEngine, checkpoints: str, tenant: str, paths: list[str], adapter_a: Adapter
 ) -> None:
     with sampler_server(engine, checkpoints, max_adapters=1) as stub:
         long: list[common_pb2.SampledSequence] = []
@@ -131,7 +132,7 @@ def test_an_adapter_in_use_is_not_evicted(
         assert len(cached(stub)) == 1
 
 
-def test_a_sampler_without_checkpoints_serves_the_base_model_only(engine: TorchEngine) -> None:
+def test_a_sampler_without_checkpoints_serves_the_base_model_only(engine: SamplingEngine) -> None:
     with sampler_server(engine, "") as stub:
         assert len(sample(stub, "t", "", max_tokens=2).tokens) == 2
         with pytest.raises(grpc.RpcError) as caught:

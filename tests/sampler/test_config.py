@@ -12,7 +12,7 @@ def test_flags_override_environment_override_defaults() -> None:
     env = {"TREADLE_SAMPLER_MAX_ADAPTERS": "3", "TREADLE_SAMPLER_BASE_MODEL": "treadle/tiny-qwen2"}
     config = load_config(SamplerConfig, ["--max-adapters", "5"], env, service="sampler")
     assert (config.max_adapters, config.base_model) == (5, "treadle/tiny-qwen2")
-    assert (config.engine, config.checkpoints, config.max_num_samples) == ("torch", "", 64)
+    assert (config.engine, config.checkpoints, config.max_num_samples) == ("vllm", "", 64)
 
 
 def test_the_sglang_engine_is_configured_like_every_other_field() -> None:
@@ -26,7 +26,10 @@ def test_the_sglang_engine_is_configured_like_every_other_field() -> None:
 @pytest.mark.parametrize(
     ("argv", "field"),
     [
-        (["--engine", "vllm"], "engine"),
+        (["--engine", "tensorrt"], "engine"),
+        (["--vllm-max-lora-rank", "24"], "vllm_max_lora_rank"),
+        (["--vllm-max-loras", "0"], "vllm_max_loras"),
+        (["--vllm-kv-cache-gib", "0"], "vllm_kv_cache_gib"),
         (["--device", "tpu"], "device"),
         (["--dtype", "int8"], "dtype"),
         (["--max-adapters", "0"], "max_adapters"),

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fixtures.grpc_server import free_port
 from sampler.conftest import TINY, Adapter, publish, sampler_server
 from treadle.v1 import common_pb2, sampler_pb2, sampler_pb2_grpc
-from treadle_sampler.torch_engine import TorchEngine
+from treadle_sampler.engine import SamplingEngine
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -40,7 +40,7 @@ def request(
 
 
 def test_metrics_count_tokens_batches_first_tokens_and_cache_use(
-    engine: TorchEngine, checkpoints: str, tenant: str, adapter_a: Adapter
+    engine: SamplingEngine, checkpoints: str, tenant: str, adapter_a: Adapter
 ) -> None:
     path = publish(checkpoints, tenant, "treadle://run-m/sampler_weights/s", adapter_a)
     port = free_port()

@@ -42,6 +42,17 @@ def test_logprobs_are_of_the_tempered_distribution_and_greedy_reports_temperatur
     assert choose_tokens(logits_1V, [greedy], [None]) == ([0], [pytest.approx(-0.6931472)])
 
 
+def test_with_top_k_or_top_p_the_logprob_is_renormalised_over_the_kept_tokens() -> None:
+    logits_1V = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    for options in (
+        SamplingOptions(max_tokens=1, top_k=2, seed=0),
+        SamplingOptions(max_tokens=1, top_p=0.65, seed=0),
+    ):
+        (token,), (logprob,) = choose_tokens(logits_1V, [options], [torch.Generator()])
+        assert token in (0, 1)
+        assert logprob == pytest.approx(float(torch.log_softmax(logits_1V[0, :2], -1)[token]))
+
+
 def test_the_same_seed_draws_the_same_token() -> None:
     logits_1V = torch.zeros(1, 1000)
     options = [SamplingOptions(max_tokens=1)]

@@ -13,7 +13,7 @@ import torch
 from sampler.conftest import TINY, Adapter, publish, reference_logprobs, sampler_server
 from treadle.v1 import common_pb2, sampler_pb2, sampler_pb2_grpc
 from treadle_models import load_tokenizer
-from treadle_sampler.torch_engine import TorchEngine
+from treadle_sampler.engine import SamplingEngine
 
 TENANT = "acme"
 PATH_A = "treadle://run-a/sampler_weights/final"
@@ -24,7 +24,7 @@ PROMPT = list(range(1000, 1024))
 
 @pytest.fixture(scope="module")
 def stub(
-    engine: TorchEngine, checkpoints: str, adapter_a: Adapter, adapter_b: Adapter
+    engine: SamplingEngine, checkpoints: str, adapter_a: Adapter, adapter_b: Adapter
 ) -> Iterator[sampler_pb2_grpc.SamplerStub]:
     """A sampler whose tenant `acme` has adapters A and B (and one trained on another model)."""
     publish(checkpoints, TENANT, PATH_A, adapter_a)
@@ -264,6 +264,6 @@ def test_sampler_info_names_the_model_the_engine_and_the_loaded_adapters(
 ) -> None:
     sample(stub, request(PATH_A, max_tokens=1))
     info = stub.GetSamplerInfo(sampler_pb2.GetSamplerInfoRequest())
-    assert info.engine == "torch"
+    assert info.engine == "vllm"
     assert [(m.name, m.vocab_size, m.max_seq_len) for m in info.models] == [(TINY, 49152, 2048)]
     assert PATH_A in info.cached_adapters

@@ -78,7 +78,7 @@ def _gspo_by_autograd(ref, q, adv, masks, low, high, lo: float, hi: float) -> fl
         clipped = torch.clamp(ratio, lo_t, hi_t)
         total = total - torch.minimum(ratio * a, clipped * a).sum()
     total.backward()
-    return float(total)
+    return float(total.detach())
 
 
 def test_gspo_takes_each_datums_own_sequence_ratio_though_the_head_cuts_datums_into_chunks():

@@ -54,6 +54,7 @@ __all__ = [
     "known_models",
     "load_model",
     "load_tokenizer",
+    "model_dir",
     "model_spec",
     "prepare_model",
     "resolve",
@@ -228,6 +229,21 @@ def _tokenizer_path(source: str) -> Path:
         if source in (*TINY_CONFIGS, SMOLLM2)
         else Path(source).resolve()
     )
+
+
+def model_dir(base_model: str) -> Path:
+    """A Hugging Face folder with `base_model`'s weights and tokenizer, for engines that load
+    from disk (vLLM, SGLang). A tiny model's folder holds the weights `load_model` builds,
+    bit-identical to the trainer's, and SmolLM2's tokenizer; it is built once into the cache."""
+    source = resolve(base_model).source
+    if source not in TINY_CONFIGS:
+        return _local_dir(source)
+
+    def build(folder: Path) -> None:
+        load_model(source).save_pretrained(folder)
+        load_tokenizer(source).save_pretrained(folder)
+
+    return cached_folder(model_folder(source.replace("/", "--")), build)
 
 
 def tokenizer_folder(base_model: str) -> Path:

@@ -62,11 +62,15 @@ class UpConfig:
     api_keys: str = field(default="", metadata={"help": "more keys, as KEY=tenant,KEY2=tenant2"})
     trainers: int = field(default=1, metadata={"help": "trainer processes"})
     samplers: int = field(default=1, metadata={"help": "sampler processes"})
+    sampler_engine: str = field(
+        default="vllm",
+        metadata={"help": "samplers' engine: vllm, or torch where vLLM cannot be installed"},
+    )
     torch_threads: int = field(
         default=0,
         metadata={
-            "help": "torch CPU threads per trainer and sampler (0 = a model's trainers share "
-            "its part of the cores, its samplers half of that)"
+            "help": "torch CPU threads per trainer and sampler (0 = a model's trainers and "
+            "vLLM samplers share its part of the cores, torch-engine samplers half of that)"
         },
     )
     metrics: bool = field(default=True, metadata={"help": "expose Prometheus metrics ports"})
@@ -99,18 +103,23 @@ class UpConfig:
             raise ValueError("trainers, samplers: at least one of each")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0, got {self.torch_threads}")
+        if self.sampler_engine not in ("vllm", "torch"):
+            message = f"{self.sampler_engine!r} is not one of vllm, torch (sglang needs a GPU)"
+            raise ValueError(f"sampler_engine: {message}")
         if self.prepare_timeout <= 0:
             raise ValueError(f"prepare_timeout: must be > 0, got {self.prepare_timeout}")
 
     def worker_threads(self) -> tuple[int, int]:
         """torch threads of each (trainer, sampler) unless `torch_threads` sets both: the
-        trainers, the throughput engine of a training loop, share all the cores of a model's
-        share of the machine; the samplers half of it, so a sampler running beside a trainer
-        leaves it a core."""
+        trainers share all the cores of a model's share of the machine, and so do vLLM samplers,
+        since a training loop mostly samples and trains in turn and vLLM's threads sleep between
+        batches (the demo's 12 steps: 185 s with both cores, 234 s with one); torch-engine
+        samplers take half, so one running beside a trainer leaves it a core."""
         if self.torch_threads:
             return self.torch_threads, self.torch_threads
         cores = max(1, len(os.sched_getaffinity(0)) // len(self.base_models()))
-        return max(1, cores // self.trainers), max(1, cores // (2 * self.samplers))
+        share = 1 if self.sampler_engine == "vllm" else 2
+        return max(1, cores // self.trainers), max(1, cores // (share * self.samplers))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -343,7 +352,11 @@ class LocalMesh:
                 for i in range(config.trainers)
             ]
             workers += [
-                self._spawn(f"sampler-{tag}{i}", "treadle_sampler", {**flags, **threads["sampler"]})
+                self._spawn(
+                    f"sampler-{tag}{i}",
+                    "treadle_sampler",
+                    {**flags, "engine": config.sampler_engine, **threads["sampler"]},
+                )
                 for i in range(config.samplers)
             ]
         self._await(workers, deadline)

@@ -6,10 +6,11 @@ decides what is loaded and when it is evicted; `local_adapters.py` writes the fo
 only loads and forgets). `sample` is an async iterator that yields each sequence as soon as it
 finishes, so the service can stream it; prompt logprobs are `compute_logprobs` of the prompt.
 
-Two implementations, chosen in `make_engine` only: `torch_engine.TorchEngine` (transformers +
-peft, CPU or GPU) and `sglang_engine.SGLangEngine` (a thin client of an SGLang server's HTTP API,
-GPU). Both report, for each sampled token, its logprob under the temperature-scaled
-distribution it was drawn from (see `sampling.py`).
+Three implementations, chosen in `make_engine` only: `vllm_engine.VLLMEngine` (vLLM's AsyncLLM,
+CPU or GPU: the default), `sglang_engine.SGLangEngine` (a thin client of an SGLang server's HTTP
+API, GPU) and `torch_engine.TorchEngine` (transformers + peft, for machines vLLM has no build for).
+Each reports, for each sampled token, its logprob under the distribution it was drawn from (see
+`sampling.py`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Completion:
 class SamplingEngine(Protocol):
     """Generates from one base model with any loaded adapter (None = the base model)."""
 
-    name: str  # "torch" or "sglang"
+    name: str  # "vllm", "sglang" or "torch"
     spec: ModelSpec  # the base model served
 
     def sample(
@@ -85,6 +86,10 @@ class SamplingEngine(Protocol):
 
 def make_engine(config: SamplerConfig) -> SamplingEngine:
     """The engine named by `config.engine`, serving `config.base_model`."""
+    if config.engine == "vllm":
+        from treadle_sampler.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_config(config)
     if config.engine == "torch":
         from treadle_sampler.torch_engine import TorchEngine
 

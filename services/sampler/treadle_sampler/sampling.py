@@ -1,14 +1,16 @@
 """Choosing the next token of each sequence, and deciding when a sequence ends.
 
-Logprobs. The logprob reported for a sampled token is
+Logprobs. The logprob reported for a sampled token is its logprob under the distribution it was
+drawn from:
 
-    logprob = log_softmax(logits / temperature)[token]        (temperature > 0)
-    logprob = log_softmax(logits)[token]                      (temperature = 0, greedy)
+    logprob = log_softmax(truncate(logits / temperature))[token]   (temperature > 0)
+    logprob = log_softmax(logits)[token]                           (temperature = 0, greedy)
 
-in float32, through `treadle_models.target_logprobs` (the trainer's computation). At temperature 1
-this is the model's own distribution, so it equals the trainer's forward logprob of the same token
-with the same adapter: the `q` an importance-sampling loss needs. top_k and top_p restrict which
-tokens can be drawn but do not renormalise the reported logprob.
+in float32, through `treadle_models.target_logprobs` (the trainer's computation), where truncate
+keeps the top_k tokens and the top_p nucleus (the others get -inf, so the kept ones renormalise).
+This is the `q` an importance-sampling loss needs, and what vLLM reports (logprobs_mode
+"processed_logprobs"). At temperature 1 without top_k/top_p it is the model's own distribution,
+so it equals the trainer's forward logprob of the same token with the same adapter.
 
 Stops. A sequence ends with "stop" when its last token is a stop token id or the end-of-sequence
 token (that token is kept), or when the text of its tokens contains a stop string (the tokens that
@@ -57,15 +59,18 @@ def choose_tokens(
     )
     scaled_BV = logits_BV / temperatures_B[:, None]
     tokens: list[torch.Tensor] = []
+    drawn_from: list[torch.Tensor] = []  # each row's distribution, as logits
     for b, options in enumerate(options_B):
         if options.temperature == 0:
             tokens.append(torch.argmax(logits_BV[b]).reshape(1))
+            drawn_from.append(logits_BV[b])
             continue
         kept_V = truncate_logits(scaled_BV[b], options.top_k, options.top_p)
         probs_V = torch.softmax(kept_V, dim=-1)
         tokens.append(torch.multinomial(probs_V, 1, generator=generators_B[b]))
+        drawn_from.append(kept_V)
     tokens_B = torch.cat(tokens)
-    logprobs_B = target_logprobs(scaled_BV[:, None, :], tokens_B[:, None])[:, 0]
+    logprobs_B = target_logprobs(torch.stack(drawn_from)[:, None, :], tokens_B[:, None])[:, 0]
     return tokens_B.tolist(), logprobs_B.tolist()
 
 

@@ -36,8 +36,9 @@ Adapters are loaded by path from the local PEFT folder the adapter cache wrote, 
 - "no_stop_trim": true keeps the stop token (or the tokens completing a stop string) in
   output_ids, as Treadle's contract says.
 - Logprobs: SGLang's default (SGLANG_RETURN_ORIGINAL_LOGPROB unset) reports log_softmax(logits /
-  temperature) of the sampled token, before top-k/top-p truncation: the torch engine's
-  distribution; greedy reports temperature 1 in both.
+  temperature) of the sampled token, before top-k/top-p truncation: the vLLM and torch engines'
+  distribution without top-k/top-p (with them, theirs renormalise over the kept tokens and
+  SGLang's does not); greedy reports temperature 1 in all three.
 - compute_logprobs is /generate with logprob_start_len 0 and one new token; input_token_logprobs
   entry 0 is null (the first token has no prefix) and is dropped.
 """

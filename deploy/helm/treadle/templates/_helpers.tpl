@@ -53,6 +53,27 @@ treadle.dev/job: treadle-{{ . }}
 {{- printf "%s/treadle-%s:%s" .root.Values.image.registry .service (default .root.Chart.AppVersion .root.Values.image.tag) -}}
 {{- end -}}
 
+{{/* GPUs in a container's resources (nvidia.com/gpu of its limits, else its requests). */}}
+{{- define "treadle.gpuCount" -}}
+{{- $limits := default dict .limits -}}
+{{- $requests := default dict .requests -}}
+{{- int (get $limits "nvidia.com/gpu" | default (get $requests "nvidia.com/gpu") | default 0) -}}
+{{- end -}}
+
+{{/* Whole CPUs of a container's resources (its CPU limit, else its request; at least 1), or
+nothing without either: "4", 2, "2500m" and 1.5 give 4, 2, 2 and 1. */}}
+{{- define "treadle.cpuCount" -}}
+{{- $cpu := (default dict .limits).cpu | default (default dict .requests).cpu -}}
+{{- with $cpu -}}
+{{- $text := toString . -}}
+{{- if hasSuffix "m" $text -}}
+{{- div (atoi (trimSuffix "m" $text)) 1000 | max 1 -}}
+{{- else -}}
+{{- float64 $text | floor | int | max 1 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* An environment variable's value from a config value (no exponent notation for numbers). */}}
 {{- define "treadle.envValue" -}}
 {{- if kindIs "float64" . -}}
