@@ -132,6 +132,17 @@ def adapter_b(adapter_root: Path) -> Adapter:
 
 
 @pytest.fixture(scope="session")
+def four(adapter_root: Path, adapter_a: Adapter, adapter_b: Adapter) -> dict[str, Adapter]:
+    """Four adapters by key: ranks 8 and 4 (the shared ones), 16, and 2 on the MLP only."""
+    return {
+        "a": adapter_a,
+        "b": adapter_b,
+        "c": make_adapter(11, LoraSpec(rank=16), adapter_root),
+        "d": make_adapter(12, LoraSpec(rank=2, train_attn=False), adapter_root),
+    }
+
+
+@pytest.fixture(scope="session")
 def checkpoints(s3_server: S3Server) -> Iterator[str]:
     """Address of a real checkpoints server over the session's S3 server."""
     config = CheckpointsConfig(

@@ -38,17 +38,6 @@ def engine(torch_engine: TorchEngine) -> TorchEngine:
     return torch_engine
 
 
-@pytest.fixture(scope="module")
-def four(adapter_root: Path, adapter_a: Adapter, adapter_b: Adapter) -> dict[str, Adapter]:
-    """Four different adapters by key: two shared ones and two more (rank 16, rank 2 MLP-only)."""
-    return {
-        "a": adapter_a,
-        "b": adapter_b,
-        "c": make_adapter(11, LoraSpec(rank=16), adapter_root),
-        "d": make_adapter(12, LoraSpec(rank=2, train_attn=False), adapter_root),
-    }
-
-
 def test_eight_concurrent_requests_on_four_adapters_share_steps_and_match_solo_runs(
     engine: TorchEngine, four: dict[str, Adapter]
 ) -> None:

@@ -51,17 +51,6 @@ def drawn_from_logprobs(
     return torch.log_softmax(logits_TV, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
-@pytest.fixture(scope="module")
-def four(adapter_root: Path, adapter_a: Adapter, adapter_b: Adapter) -> dict[str, Adapter]:
-    """Four adapters of ranks 8, 4, 16 and 2, loaded into the engine by key for the module."""
-    return {
-        "a": adapter_a,
-        "b": adapter_b,
-        "c": make_adapter(11, LoraSpec(rank=16), adapter_root),
-        "d": make_adapter(12, LoraSpec(rank=2, train_attn=False), adapter_root),
-    }
-
-
 @pytest.fixture
 def loaded(engine: VLLMEngine, four: dict[str, Adapter]) -> Iterator[dict[str, Adapter]]:
     async def load() -> None:
