@@ -42,12 +42,15 @@ Outbox = asyncio.Queue[scheduler_pb2.ClientMessage | None]  # None ends the requ
 OnAccepted = Callable[[scheduler_pb2.Accepted], None]
 
 
+def local_transport_failure(exc: grpc.aio.AioRpcError) -> bool:
+    """gRPC's core failed a write on a connection that had just ended (the scheduler's own
+    status, e.g. UNAUTHENTICATED for a refused key, can be lost behind it)."""
+    return exc.code() == grpc.StatusCode.INTERNAL and exc.details() == LOCAL_TRANSPORT_FAILURE
+
+
 def transient(exc: grpc.aio.AioRpcError) -> bool:
     """A lost connection (reconnect and resend) rather than an answer from the scheduler."""
-    code = exc.code()
-    return code in RETRYABLE or (
-        code == grpc.StatusCode.INTERNAL and (exc.details() or "") == LOCAL_TRANSPORT_FAILURE
-    )
+    return exc.code() in RETRYABLE or local_transport_failure(exc)
 
 
 def failure(detail: Any) -> RequestFailedError:
@@ -180,7 +183,9 @@ class SessionStream:
                 raise
             except grpc.aio.AioRpcError as exc:
                 failures += 1
-                if not opened.done():
+                if not opened.done() and not (
+                    local_transport_failure(exc) and failures <= self.reconnect_attempts
+                ):  # an opening refused or unreachable fails at once; a lost write is retried
                     opened.set_exception(rpc_failure(exc))
                     return
                 if not transient(exc) or failures > self.reconnect_attempts:
