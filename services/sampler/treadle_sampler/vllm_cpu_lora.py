@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-_INSTALLED = False
 _GROUPS: list = []  # [the last indices seen, their slot_rows]
 
 
@@ -143,15 +142,13 @@ def _make_ops(ops: Any) -> dict[str, Callable[..., None]]:
 def install() -> None:
     """Replace vLLM's CPU bgmv ops with the grouped ones (idempotent; the sgmv ops, which
     prefill uses, call the bgmv ones of their module). The `vllm.general_plugins` entry point."""
-    global _INSTALLED
-    if _INSTALLED:
-        return
     try:
         from vllm.lora.ops.torch_ops import lora_ops
         from vllm.lora.punica_wrapper import punica_cpu
     except ImportError:  # a vLLM without the torch ops: nothing to replace
         return
+    if lora_ops.bgmv_shrink.__module__ == __name__:  # installed already in this process
+        return
     for name, op in _make_ops(lora_ops).items():
         setattr(lora_ops, name, op)
         setattr(punica_cpu, name, op)
-    _INSTALLED = True
